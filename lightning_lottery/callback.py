@@ -1,0 +1,559 @@
+"""``LotteryTicketCallback``: the whole lottery-ticket search inside one ``trainer.fit``."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.seed import isolate_rng
+from torch import Tensor
+
+from lightning_lottery import _relaunch
+from lightning_lottery.core import (
+    MaskEnforcer,
+    PrunableTensor,
+    SparsitySchedule,
+    State,
+    counts,
+    current_masks,
+    dense_state,
+    install_masks,
+    load_dense_state,
+    magnitude_masks,
+    random_masks,
+    remove_masks,
+    select_prunable,
+)
+from lightning_lottery.core.reparam import lottery_hooks
+
+Rewind = Literal["init", "none", "reinit"] | int
+_REWIND_WORDS = ("init", "none", "reinit")
+_STATE_VERSION = 1
+# Settings that define a search: resuming with different values would mix two searches.
+_FIXED_SETTINGS = ("amount", "scope", "layer_amounts", "parameters", "exclude", "rewind", "pruning", "monitor", "mode")
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed for one purpose (round, pruning vs reinit) derived from the user's seed."""
+    digest = hashlib.sha256(":".join(str(k) for k in (seed, *keys)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def _patterns(value: str | Sequence[str] | None, argument: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    value = tuple(value)
+    if not all(isinstance(v, str) for v in value):
+        raise TypeError(f"`{argument}` must be parameter names or fnmatch patterns (strings), got {value!r}")
+    return value
+
+
+def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, Tensor):
+            if value.numel() != 1:
+                continue
+            value = value.item()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = float(value)
+    return out
+
+
+def _rng_to_state(states: dict[str, Any]) -> dict[str, Any]:
+    """RNG states in a form ``torch.load(weights_only=True)`` accepts (no numpy objects)."""
+    out = dict(states)
+    if "numpy" in out:
+        kind, keys, pos, has_gauss, cached = out["numpy"]
+        out["numpy"] = (kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached))
+    return out
+
+
+def _rng_from_state(state: dict[str, Any]) -> dict[str, Any]:
+    out = dict(state)
+    if "numpy" in out:
+        kind, keys, pos, has_gauss, cached = out["numpy"]
+        out["numpy"] = (kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
+    if not torch.cuda.is_available():
+        out.pop("torch.cuda", None)
+    return out
+
+
+class LotteryTicketCallback(Callback):
+    r"""Find lottery tickets (Frankle & Carbin, 2019) with iterative magnitude pruning and rewinding.
+
+    One ``trainer.fit`` runs the whole search: round 0 trains the dense model; each of the ``rounds`` that follow
+    prunes the smallest surviving weights, rewinds the survivors and trains again. Each round is a real relaunch:
+    ``configure_optimizers`` runs again (fresh optimizer state and LR schedulers), EarlyStopping and
+    ModelCheckpoint start over, epoch and step counters restart at 0, the global RNG is reset to its state at the
+    start of ``fit`` (same data order and dropout as round 0), and the per-round budget is the trainer's
+    ``max_epochs`` / ``max_steps``. An EarlyStopping stop ends the round, not the search.
+
+    Masks are ``torch.nn.utils.prune`` masks (``weight_orig`` / ``weight_mask``); during training they cost
+    one fused multiply on the gradients and one on the weights per optimizer step, not one per forward.
+
+    Args:
+        rounds: pruning rounds after the dense round 0 (0: only train dense and snapshot θ₀).
+        amount: fraction of the still-unpruned weights removed each round, in (0, 1); or one cumulative
+            sparsity target per round, strictly increasing, e.g. ``[0.2, 0.52, 0.8, 0.96, 0.9996]``.
+        scope: ``"global"``: one magnitude threshold across all prunable tensors; ``"layer"``: each tensor
+            pruned at its own rate.
+        layer_amounts: per-round rates for some tensors by name or fnmatch pattern, e.g. ``{"fc3.weight": 0.1}``
+            (the paper's output layer at half rate); such tensors are pruned on their own. 0 keeps a tensor dense.
+        parameters: names/patterns of the prunable tensors. Default: weights of Linear, Conv1d/2d/3d,
+            RNN/LSTM/GRU and MultiheadAttention; never biases, norms or embeddings.
+        exclude: names/patterns removed from the prunable tensors.
+        rewind: ``"init"``: survivors go back to θ₀; ``k`` (int): to θ_k, the weights after global step ``k``
+            of round 0 (late rewinding), with the LR schedule as it was at step k; ``"none"``: keep the trained
+            weights (prune and fine-tune); ``"reinit"``: a fresh random initialisation each round, drawn by
+            constructing the LightningModule again from its ``hparams`` (random-reinit control).
+        pruning: ``"magnitude"`` of the trained weights, or ``"random"``: the same per-tensor counts as
+            magnitude pruning would give, positions drawn at random (random-pruning control).
+        monitor: validation metric whose best value defines each round's early-stop iteration; ``None`` to
+            record only the final metrics.
+        mode: ``"min"`` or ``"max"``: whether lower or higher ``monitor`` is better.
+        seed: seeds random pruning and reinitialisation; ``None`` draws one (kept in checkpoints).
+        verbose: print one line per round.
+
+    Example::
+
+        >>> import lightning.pytorch as pl
+        >>> from lightning_lottery import LotteryTicketCallback
+        >>> lottery = LotteryTicketCallback(rounds=5, amount=0.2, rewind="init")
+        >>> trainer = pl.Trainer(max_epochs=10, callbacks=[lottery])
+        >>> # trainer.fit(model, datamodule)   # round 0 dense, then 5 prune -> rewind -> retrain rounds
+        >>> # lottery.history[-1]["sparsity"]  # 1 - 0.8**5 = 0.672...
+
+    After ``fit``: :attr:`history` has one record per round and :attr:`masks` the bool masks by parameter name.
+    """
+
+    def __init__(
+        self,
+        rounds: int = 5,
+        amount: float | Sequence[float] = 0.2,
+        scope: Literal["global", "layer"] = "global",
+        layer_amounts: Mapping[str, float] | None = None,
+        parameters: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] = (),
+        rewind: Rewind = "init",
+        pruning: Literal["magnitude", "random"] = "magnitude",
+        monitor: str | None = "val_loss",
+        mode: Literal["min", "max"] = "min",
+        seed: int | None = None,
+        verbose: bool = True,
+    ) -> None:
+        super().__init__()
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+            raise ValueError(f"`rounds={rounds!r}` must be an int >= 0 (pruning rounds after the dense round 0)")
+        self.rounds = rounds
+        self.schedule = SparsitySchedule.build(amount, rounds, scope, layer_amounts)
+        self.parameters = _patterns(parameters, "parameters")
+        self.exclude = _patterns(exclude, "exclude") or ()
+        if isinstance(rewind, bool) or not (
+            rewind in _REWIND_WORDS or (isinstance(rewind, int) and not isinstance(rewind, bool) and rewind >= 0)
+        ):
+            raise ValueError(f"`rewind={rewind!r}` is not one of 'init', 'none', 'reinit' or a step k >= 0")
+        self.rewind: Rewind = "init" if rewind == 0 and not isinstance(rewind, str) else rewind
+        if pruning not in ("magnitude", "random"):
+            raise ValueError(f"`pruning={pruning!r}` is not one of 'magnitude', 'random'")
+        self.pruning = pruning
+        if monitor is not None and not isinstance(monitor, str):
+            raise TypeError(f"`monitor` must be a metric name or None, got {monitor!r}")
+        self.monitor = monitor
+        if mode not in ("min", "max"):
+            raise ValueError(f"`mode={mode!r}` is not one of 'min', 'max'")
+        self.mode = mode
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"`seed` must be an int or None, got {seed!r}")
+        self.seed = seed
+        self.verbose = verbose
+
+        self.history: list[dict[str, Any]] = []
+        self.round = 0
+        self._tensors: dict[str, PrunableTensor] = {}
+        self._masks: dict[str, Tensor] | None = None
+        self._theta0: State | None = None
+        self._theta_k: State | None = None
+        self._schedule_k: dict[str, Any] | None = None
+        self._rng_state: dict[str, Any] | None = None
+        self._best: dict[str, Any] | None = None
+        self._last_metrics: dict[str, float] = {}
+        self._steps_done = 0
+        self._monitor_checked = False
+        self._enforcer: MaskEnforcer | None = None
+        self._optimizer_hooks: list[Any] = []
+        self._sparsity_cache: tuple[Any, tuple[float, int, int, dict[str, float]]] | None = None
+
+    # ------------------------------------------------------------------ public state
+
+    @property
+    def amount(self) -> float | tuple[float, ...]:
+        return self.schedule.amount
+
+    @property
+    def scope(self) -> str:
+        return self.schedule.scope
+
+    @property
+    def layer_amounts(self) -> dict[str, float]:
+        return dict(self.schedule.layer_amounts)
+
+    @property
+    def masks(self) -> dict[str, Tensor]:
+        """Current bool masks by parameter name (``True`` keeps the weight); empty before ``fit``."""
+        return {name: mask.clone() for name, mask in (self._masks or {}).items()}
+
+    @property
+    def rewind_weights(self) -> State | None:
+        """The weights survivors are rewound to: θ₀ or θ_k (``None`` for ``rewind="none"``/``"reinit"``)."""
+        if isinstance(self.rewind, int):
+            return self._theta_k
+        return self._theta0 if self.rewind == "init" else None
+
+    def settings(self) -> dict[str, Any]:
+        """The callback's arguments, as plain values (stored with checkpoints and tickets)."""
+        return {
+            "rounds": self.rounds,
+            "amount": list(self.amount) if isinstance(self.amount, tuple) else self.amount,
+            "scope": self.scope,
+            "layer_amounts": self.layer_amounts,
+            "parameters": list(self.parameters) if self.parameters is not None else None,
+            "exclude": list(self.exclude),
+            "rewind": self.rewind,
+            "pruning": self.pruning,
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "seed": self.seed,
+        }
+
+    def sparsity(self) -> tuple[float, int, int, dict[str, float]]:
+        """(overall sparsity, remaining, total, per-tensor sparsity) of the current masks."""
+        masks = self._masks or {}
+        if self._sparsity_cache is None or self._sparsity_cache[0] is not masks:
+            total = sum(m.numel() for m in masks.values())
+            remaining = sum(counts(masks).values())
+            per_tensor = {n: 1.0 - float(m.sum()) / m.numel() for n, m in masks.items()}
+            overall = 1.0 - remaining / total if total else 0.0
+            self._sparsity_cache = (masks, (overall, remaining, total, per_tensor))
+        return self._sparsity_cache[1]
+
+    # ------------------------------------------------------------------ Lightning hooks
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        _relaunch.check_strategy(trainer)
+        if trainer.ckpt_path is not None and any(True for _ in lottery_hooks(pl_module)):
+            # Checkpoints hold dense weights (see on_save_checkpoint); masks come back from this callback's state.
+            remove_masks(pl_module)
+        self._tensors = select_prunable(pl_module, self.parameters, self.exclude)
+        self.schedule.check_names(list(self._tensors))
+        if self.rewind == "reinit":
+            self._fresh_state(pl_module, round_index=0)  # fail now, not after round 0
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.seed is None:
+            self.seed = random.SystemRandom().randrange(2**31)
+        if self._masks is None:
+            self._masks = {n: m.cpu() for n, m in current_masks(self._tensors).items()}
+        if not all(bool(m.all()) for m in self._masks.values()):
+            install_masks(self._tensors, self._masks)
+        if self._theta0 is None:
+            self._theta0 = dense_state(pl_module)
+        if self._rng_state is None:
+            self._rng_state = _rng_to_state(_collect_rng_states(include_cuda=torch.cuda.is_available()))
+        self._check_rewind_step(trainer)
+        self._activate_masks(trainer)
+        _relaunch.wrap_fit_loop(trainer, lambda: self._next_round(trainer, pl_module))
+        self._wrap_progress_bar(trainer)
+        self._announce(trainer)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        k = self.rewind
+        if isinstance(k, int) and self.round == 0 and self._theta_k is None and trainer.global_step >= k:
+            self._theta_k = dense_state(pl_module)
+            self._schedule_k = _relaunch.capture_schedule(trainer)
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        if self._enforcer is not None:
+            self._enforcer.mask_gradients()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            self._check_monitor(trainer)
+            return
+        self._observe(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.enable_validation:
+            self._observe(trainer)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._release(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._release(trainer)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        """Store dense weights: the checkpoint loads into a fresh, unpruned model (masks live in our state)."""
+        state = checkpoint.get("state_dict")
+        if state is None:
+            return
+        for module_name, module in pl_module.named_modules():
+            prefix = f"{module_name}." if module_name else ""
+            for _, hook in ((m, h) for m, h in lottery_hooks(module) if m is module):
+                name = prefix + hook._tensor_name
+                if name + "_orig" in state and name + "_mask" in state:
+                    state[name] = state.pop(name + "_orig") * state.pop(name + "_mask")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": _STATE_VERSION,
+            "settings": self.settings(),
+            "round": self.round,
+            "masks": self._masks,
+            "theta0": self._theta0,
+            "theta_k": self._theta_k,
+            "schedule_k": self._schedule_k,
+            "history": self.history,
+            "best": self._best,
+            "last_metrics": self._last_metrics,
+            "steps_done": self._steps_done,
+            "rng_state": self._rng_state,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict["settings"]
+        ours = self.settings()
+        different = [f"{k}: checkpoint {saved.get(k)!r} vs now {ours[k]!r}" for k in _FIXED_SETTINGS if saved.get(k) != ours[k]]
+        if different:
+            raise ValueError(
+                "The checkpoint belongs to a different lottery search; resume it with the same settings "
+                f"({'; '.join(different)})"
+            )
+        self.seed = saved["seed"]
+        self.round = state_dict["round"]
+        self._masks = state_dict["masks"]
+        self._theta0 = state_dict["theta0"]
+        self._theta_k = state_dict["theta_k"]
+        self._schedule_k = state_dict["schedule_k"]
+        self.history = list(state_dict["history"])
+        self._best = state_dict["best"]
+        self._last_metrics = dict(state_dict["last_metrics"])
+        self._steps_done = state_dict["steps_done"]
+        self._rng_state = state_dict["rng_state"]
+
+    # ------------------------------------------------------------------ rounds
+
+    def _next_round(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """Close the round that just ended; start the next one if any. Called between fit-loop runs."""
+        self._finish_round(trainer)
+        if self.round >= self.rounds or _relaunch.search_interrupted(trainer):
+            return False
+        if isinstance(self.rewind, int) and self._theta_k is None:
+            raise RuntimeError(
+                f"rewind={self.rewind} cannot be honoured: round 0 stopped after {self.history[0]['steps']} "
+                "optimizer steps, before reaching that step (EarlyStopping?). Use a smaller rewind step."
+            )
+        masks = trainer.strategy.broadcast(self._prune(), src=0)
+        self._rewind_to(pl_module, masks)
+        self.round += 1
+        self._best = None
+        self._last_metrics = {}
+        self._relaunch(trainer)
+        self._announce(trainer)
+        return True
+
+    def _prune(self) -> dict[str, Tensor]:
+        assert self._masks is not None
+        weights = {n: t.tensor.detach() for n, t in self._tensors.items()}
+        sizes = {n: w.numel() for n, w in weights.items()}
+        groups = self.schedule.groups(sizes, self.round + 1)
+        new = magnitude_masks(weights, self._masks, groups)
+        if self.pruning == "random":
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, self.round + 1, 1))
+            new = random_masks(self._masks, counts(new), generator)
+        return {n: m.cpu() for n, m in new.items()}
+
+    def _rewind_to(self, pl_module: pl.LightningModule, masks: dict[str, Tensor]) -> None:
+        if self.rewind == "reinit":
+            load_dense_state(pl_module, self._fresh_state(pl_module, self.round + 1))
+        elif self.rewind != "none":
+            state = self.rewind_weights
+            assert state is not None
+            load_dense_state(pl_module, state)
+        install_masks(self._tensors, masks)
+        self._masks = masks
+
+    def _relaunch(self, trainer: pl.Trainer) -> None:
+        self._steps_done += trainer.global_step
+        _relaunch.reset_loop_progress(trainer)
+        _relaunch.reset_monitoring_callbacks(trainer)
+        _relaunch.recreate_optimizers(trainer)
+        if isinstance(self.rewind, int) and self._schedule_k is not None:
+            _relaunch.restore_schedule(trainer, self._schedule_k)
+        self._activate_masks(trainer)
+        assert self._rng_state is not None
+        _set_rng_states(_rng_from_state(self._rng_state))
+        _relaunch.restart_data(trainer)
+
+    def _finish_round(self, trainer: pl.Trainer) -> None:
+        sparsity, remaining, total, per_tensor = self.sparsity()
+        best = self._best or {}
+        record = {
+            "round": self.round,
+            "sparsity": sparsity,
+            "remaining": remaining,
+            "total": total,
+            "remaining_pct": 100.0 * remaining / total if total else 100.0,
+            "tensor_sparsity": per_tensor,
+            "monitor": self.monitor,
+            "best": best.get("value"),
+            "best_step": best.get("step"),
+            "best_round_step": best.get("round_step"),
+            "best_epoch": best.get("epoch"),
+            "metrics": best.get("metrics", {}),
+            "final_metrics": dict(self._last_metrics),
+            "steps": trainer.global_step,
+            "epochs": trainer.current_epoch,
+        }
+        self.history = [r for r in self.history if r["round"] != self.round] + [record]
+        self._log(trainer, {f"round_summary/{k}": v for k, v in record.items() if isinstance(v, (int, float))})
+
+    # ------------------------------------------------------------------ helpers
+
+    def _fresh_state(self, pl_module: pl.LightningModule, round_index: int) -> State:
+        """Weights of a newly constructed copy of the module: a fresh draw from its own initialiser."""
+        cls = type(pl_module)
+        hparams = dict(pl_module.hparams)
+        try:
+            with isolate_rng():
+                torch.manual_seed(derive_seed(self.seed or 0, round_index, 2))
+                fresh = cls(**hparams)
+        except Exception as err:
+            raise ValueError(
+                f"rewind='reinit' draws a fresh initialisation by constructing {cls.__name__}(**self.hparams), "
+                f"which failed ({type(err).__name__}: {err}). Call self.save_hyperparameters() in __init__ with "
+                "every argument needed to build the network (not a built nn.Module)."
+            ) from err
+        current = dict(pl_module.named_parameters())
+        if any(p is current.get(n) for n, p in fresh.named_parameters()):
+            raise ValueError(
+                f"rewind='reinit': {cls.__name__}(**self.hparams) reuses the existing network (an nn.Module "
+                "stored in hparams), so it cannot draw new weights. Store how to build the network instead."
+            )
+        return dense_state(fresh)
+
+    def _activate_masks(self, trainer: pl.Trainer) -> None:
+        for handle in self._optimizer_hooks:
+            handle.remove()
+        self._optimizer_hooks = []
+        if self._enforcer is not None:
+            self._enforcer.deactivate()
+        enforcer = MaskEnforcer(trainer.lightning_module)
+        self._enforcer = enforcer if len(enforcer) else None
+        if self._enforcer is None:
+            return
+        self._enforcer.activate()
+        zero = self._enforcer.zero_masked_weights
+        for optimizer in trainer.optimizers:
+            self._optimizer_hooks.append(optimizer.register_step_post_hook(lambda *_: zero()))
+
+    def _release(self, trainer: pl.Trainer) -> None:
+        """Back to plain torch.nn.utils.prune behaviour (multiply in the forward) outside our fit."""
+        for handle in self._optimizer_hooks:
+            handle.remove()
+        self._optimizer_hooks = []
+        if self._enforcer is not None:
+            self._enforcer.deactivate()
+            self._enforcer = None
+        _relaunch.unwrap_fit_loop(trainer)
+        bar = trainer.progress_bar_callback
+        if bar is not None and "get_metrics" in vars(bar):
+            del bar.get_metrics
+
+    def _check_rewind_step(self, trainer: pl.Trainer) -> None:
+        k = self.rewind
+        if not isinstance(k, int) or self.round > 0 or self._theta_k is not None:
+            return
+        total = trainer.estimated_stepping_batches
+        if math.isfinite(total) and k > total:
+            raise ValueError(
+                f"`rewind={k}` is beyond round 0's length: it trains {int(total)} optimizer steps "
+                f"(max_epochs={trainer.max_epochs}, max_steps={trainer.max_steps}). Rewind to a step <= {int(total)}."
+            )
+
+    def _check_monitor(self, trainer: pl.Trainer) -> None:
+        if self.monitor is None or self._monitor_checked:
+            return
+        if self.monitor not in trainer.callback_metrics:
+            available = sorted(trainer.callback_metrics)
+            raise ValueError(
+                f"`monitor={self.monitor!r}` was not logged; logged metrics are {available}. Log it with "
+                "self.log(...) in validation_step, or pass monitor=<one of those> (or monitor=None)."
+            )
+        self._monitor_checked = True
+
+    def _observe(self, trainer: pl.Trainer) -> None:
+        """Track the round's best ``monitor`` value (its early-stop iteration) and log per-round curves."""
+        self._check_monitor(trainer)
+        metrics = _scalar_metrics(trainer.callback_metrics)
+        self._last_metrics = metrics
+        if self.monitor is not None:
+            value = metrics[self.monitor]
+            best = self._best
+            improved = best is None or (value < best["value"] if self.mode == "min" else value > best["value"])
+            if improved and not math.isnan(value):
+                self._best = {
+                    "value": value,
+                    "step": self._steps_done + trainer.global_step,
+                    "round_step": trainer.global_step,
+                    "epoch": trainer.current_epoch,
+                    "metrics": metrics,
+                }
+        curves = {f"round_{self.round:02d}/{k}": v for k, v in metrics.items()}
+        curves["round_step"] = float(trainer.global_step)
+        self._log(trainer, curves)
+
+    def _log(self, trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+        if not trainer.is_global_zero:
+            return
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+
+    def _announce(self, trainer: pl.Trainer) -> None:
+        sparsity, remaining, total, _ = self.sparsity()
+        pct = 100.0 * remaining / total if total else 100.0
+        self._log(trainer, {"round": float(self.round), "sparsity": sparsity, "remaining_weights": pct})
+        if self.verbose:
+            rank_zero_info(
+                f"[lottery] round {self.round}/{self.rounds}: {pct:.2f}% of {total} prunable weights remain "
+                f"(rewind={self.rewind!r}, pruning={self.pruning!r})"
+            )
+
+    def _wrap_progress_bar(self, trainer: pl.Trainer) -> None:
+        bar = trainer.progress_bar_callback
+        if bar is None or "get_metrics" in vars(bar):
+            return
+        original = bar.get_metrics
+
+        def get_metrics(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+            metrics = original(trainer, pl_module)
+            _, remaining, total, _ = self.sparsity()
+            metrics["round"] = f"{self.round}/{self.rounds}"
+            metrics["weights"] = f"{100.0 * remaining / total:.1f}%" if total else "100%"
+            return metrics
+
+        bar.get_metrics = get_metrics

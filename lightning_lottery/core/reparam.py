@@ -1,0 +1,158 @@
+"""Masks installed with ``torch.nn.utils.prune``, and kept enforced cheaply during training.
+
+Every masked tensor gets the usual reparametrisation: the parameter ``<name>_orig``, the buffer ``<name>_mask``
+and a forward pre-hook that sets ``<name>``. The hook is a :class:`LotteryMask`, so ``prune.is_pruned`` and
+``prune.remove`` work as for any torch pruning method.
+
+Why a fast path: the stock hook computes ``orig * mask`` on every forward (and autograd multiplies the
+gradient again on the way back). :class:`MaskEnforcer` instead keeps ``<name>_orig`` exactly zero where the
+mask is zero -- it zeroes masked gradients before each optimizer step and masked weights after it -- so the
+hook may hand out ``<name>_orig`` itself. The effective weights, gradients and optimizer updates are the same
+as with the stock hook; the hook falls back to the product whenever no enforcer guarantees the zeros.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import prune
+
+from lightning_lottery.core.selection import PrunableTensor, pruning_hook
+
+
+class LotteryMask(prune.BasePruningMethod):
+    """A fixed mask as a ``torch.nn.utils.prune`` method.
+
+    ``masked_zero`` is set while a :class:`MaskEnforcer` guarantees ``<name>_orig`` is zero wherever the mask
+    is; the forward then uses ``<name>_orig`` as is instead of multiplying it by the mask.
+    """
+
+    PRUNING_TYPE = "unstructured"
+
+    def __init__(self, mask: Tensor) -> None:
+        self.mask = mask
+        self.masked_zero = False
+
+    def compute_mask(self, t: Tensor, default_mask: Tensor) -> Tensor:
+        return default_mask * self.mask.to(device=default_mask.device, dtype=default_mask.dtype)
+
+    def apply_mask(self, module: nn.Module) -> Tensor:
+        orig = getattr(module, self._tensor_name + "_orig")
+        if self.masked_zero:
+            # A view, not the Parameter itself: assigning a Parameter would register a second parameter.
+            return orig.view_as(orig)
+        return orig * getattr(module, self._tensor_name + "_mask")
+
+
+def _install_site(module: nn.Module, attr: str, mask: Tensor, shared: Tensor | None) -> Tensor:
+    """Mask ``module.<attr>`` with ``mask`` (intersected with any mask it already has); returns the buffer."""
+    hook = pruning_hook(module, attr)
+    if isinstance(hook, LotteryMask):
+        buffer = getattr(module, attr + "_mask")
+        buffer.mul_(mask.to(device=buffer.device, dtype=buffer.dtype))
+    elif hook is not None:
+        # Pruned by another method (or a container of several): keep its buffers, take over its hook.
+        buffer = getattr(module, attr + "_mask")
+        buffer.mul_(mask.to(device=buffer.device, dtype=buffer.dtype))
+        for key, value in list(module._forward_pre_hooks.items()):
+            if value is hook:
+                ours = LotteryMask(buffer)
+                ours._tensor_name = attr
+                module._forward_pre_hooks[key] = ours
+    else:
+        LotteryMask.apply(module, attr, mask=mask)
+        buffer = getattr(module, attr + "_mask")
+    if shared is not None and buffer is not shared:
+        # Tied weights: every site reads the one mask tensor.
+        module._buffers[attr + "_mask"] = shared
+        buffer = shared
+    hook = pruning_hook(module, attr)
+    assert isinstance(hook, LotteryMask)
+    hook.mask = buffer
+    with torch.no_grad():
+        getattr(module, attr + "_orig").mul_(buffer)
+        setattr(module, attr, hook.apply_mask(module))
+    return buffer
+
+
+def install_masks(tensors: Mapping[str, PrunableTensor], masks: Mapping[str, Tensor]) -> None:
+    """Install (or shrink to) ``masks`` on the model holding ``tensors``.
+
+    Masks only shrink: an existing mask is intersected with the new one. Weights at masked positions are set
+    to zero in ``<name>_orig``, so the model stays correct with or without an enforcer.
+    """
+    for name, mask in masks.items():
+        shared = None
+        for module, attr in tensors[name].sites:
+            shared = _install_site(module, attr, mask.bool(), shared)
+
+
+def current_masks(tensors: Mapping[str, PrunableTensor]) -> dict[str, Tensor]:
+    """The bool mask of each tensor (all True for a tensor that is not pruned)."""
+    masks = {}
+    for name, tensor in tensors.items():
+        module, attr = tensor.sites[0]
+        if pruning_hook(module, attr) is None:
+            masks[name] = torch.ones_like(tensor.tensor, dtype=torch.bool)
+        else:
+            masks[name] = getattr(module, attr + "_mask").detach().bool()
+    return masks
+
+
+def lottery_hooks(model: nn.Module) -> Iterable[tuple[nn.Module, LotteryMask]]:
+    for module in model.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, LotteryMask):
+                yield module, hook
+
+
+def remove_masks(model: nn.Module) -> None:
+    """Make every :class:`LotteryMask` permanent (``prune.remove``): plain dense modules with zeros in them."""
+    for module, hook in list(lottery_hooks(model)):
+        prune.remove(module, hook._tensor_name)
+
+
+class MaskEnforcer:
+    """Keeps masked weights at exactly zero during training, with two fused ops per optimizer step.
+
+    Call :meth:`mask_gradients` after backward (and before gradient clipping) and :meth:`zero_masked_weights`
+    after each optimizer step; while active, the models' hooks skip the per-forward multiplication.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        pairs = []
+        self._hooks = []
+        for module, hook in lottery_hooks(model):
+            orig = getattr(module, hook._tensor_name + "_orig")
+            mask = getattr(module, hook._tensor_name + "_mask")
+            if all(orig is not p for p, _ in pairs):
+                pairs.append((orig, mask))
+            self._hooks.append(hook)
+        self._params = [p for p, _ in pairs]
+        self._masks = [m.to(p.dtype) if m.dtype != p.dtype else m for p, m in pairs]
+
+    def __len__(self) -> int:
+        return len(self._params)
+
+    def activate(self) -> None:
+        self.zero_masked_weights()
+        for hook in self._hooks:
+            hook.masked_zero = True
+
+    def deactivate(self) -> None:
+        for hook in self._hooks:
+            hook.masked_zero = False
+
+    @torch.no_grad()
+    def mask_gradients(self) -> None:
+        pairs = [(p.grad, m) for p, m in zip(self._params, self._masks) if p.grad is not None]
+        if pairs:
+            grads, masks = zip(*pairs)
+            torch._foreach_mul_(list(grads), list(masks))
+
+    @torch.no_grad()
+    def zero_masked_weights(self) -> None:
+        if self._params:
+            torch._foreach_mul_(self._params, self._masks)

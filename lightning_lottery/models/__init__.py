@@ -1,0 +1,1 @@
+"""Plain torch networks for the recipes; they know nothing of pruning."""

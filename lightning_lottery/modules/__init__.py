@@ -1,0 +1,1 @@
+"""LightningModules for the recipes; they know nothing of pruning."""
