@@ -144,4 +144,3 @@ def reset_monitoring_callbacks(trainer: pl.Trainer) -> None:
             _reset_early_stopping(callback)
         elif isinstance(callback, ModelCheckpoint):
             _reset_checkpoint(callback)
-

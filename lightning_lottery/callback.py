@@ -34,12 +34,23 @@ from lightning_lottery.core import (
     select_prunable,
 )
 from lightning_lottery.core.reparam import lottery_hooks
+from lightning_lottery.core.snapshot import state_mismatches
 
 Rewind = Literal["init", "none", "reinit"] | int
 _REWIND_WORDS = ("init", "none", "reinit")
 _STATE_VERSION = 1
 # Settings that define a search: resuming with different values would mix two searches.
-_FIXED_SETTINGS = ("amount", "scope", "layer_amounts", "parameters", "exclude", "rewind", "pruning", "monitor", "mode")
+_FIXED_SETTINGS = (
+    "amount",
+    "scope",
+    "layer_amounts",
+    "parameters",
+    "exclude",
+    "rewind",
+    "pruning",
+    "monitor",
+    "mode",
+)
 
 
 def derive_seed(seed: int, *keys: int) -> int:
@@ -76,7 +87,13 @@ def _rng_to_state(states: dict[str, Any]) -> dict[str, Any]:
     out = dict(states)
     if "numpy" in out:
         kind, keys, pos, has_gauss, cached = out["numpy"]
-        out["numpy"] = (kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached))
+        out["numpy"] = (
+            kind,
+            torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(cached),
+        )
     return out
 
 
@@ -336,7 +353,9 @@ class LotteryTicketCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict["settings"]
         ours = self.settings()
-        different = [f"{k}: checkpoint {saved.get(k)!r} vs now {ours[k]!r}" for k in _FIXED_SETTINGS if saved.get(k) != ours[k]]
+        different = [
+            f"{k}: checkpoint {saved.get(k)!r} vs now {ours[k]!r}" for k in _FIXED_SETTINGS if saved.get(k) != ours[k]
+        ]
         if different:
             raise ValueError(
                 "The checkpoint belongs to a different lottery search; resume it with the same settings "
@@ -453,7 +472,13 @@ class LotteryTicketCallback(Callback):
                 f"rewind='reinit': {cls.__name__}(**self.hparams) reuses the existing network (an nn.Module "
                 "stored in hparams), so it cannot draw new weights. Store how to build the network instead."
             )
-        return dense_state(fresh)
+        state = dense_state(fresh)
+        if problems := state_mismatches(pl_module, state):
+            raise ValueError(
+                f"rewind='reinit': {cls.__name__}(**self.hparams) builds a different network than the one being "
+                f"trained ({'; '.join(problems)}). Save every argument that shapes the network in hparams."
+            )
+        return state
 
     def _activate_masks(self, trainer: pl.Trainer) -> None:
         for handle in self._optimizer_hooks:

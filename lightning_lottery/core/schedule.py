@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 from lightning_lottery.core.selection import check_patterns, matches
 
@@ -33,7 +34,7 @@ def validate_amount(amount: float | Sequence[float], rounds: int, argument: str 
         )
     if any(not 0.0 < s < 1.0 for s in schedule):
         raise ValueError(f"`{argument}={list(schedule)}`: every cumulative sparsity target must lie in (0, 1)")
-    if any(b <= a for a, b in zip(schedule, schedule[1:])):
+    if any(b <= a for a, b in pairwise(schedule)):
         raise ValueError(
             f"`{argument}={list(schedule)}` is not strictly increasing: masks only shrink, so each round's "
             "cumulative sparsity must exceed the previous one"
@@ -67,7 +68,7 @@ def cumulative_sparsity(amount: Amount, round_index: int) -> float:
 
 def pruned_count(size: int, sparsity: float) -> int:
     """Number of weights to prune to reach ``sparsity`` exactly (rounded half up)."""
-    return min(size, int(math.floor(size * sparsity + 0.5)))
+    return min(size, math.floor(size * sparsity + 0.5))
 
 
 @dataclass(frozen=True)

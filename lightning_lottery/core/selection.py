@@ -136,10 +136,7 @@ def select_prunable(
 
     selected: dict[str, PrunableTensor] = {}
     for name, sites in all_sites.items():
-        if parameters is None:
-            chosen = any(_is_default_prunable(m, a) for m, a in sites)
-        else:
-            chosen = matches(name, parameters)
+        chosen = any(_is_default_prunable(m, a) for m, a in sites) if parameters is None else matches(name, parameters)
         if chosen and not matches(name, exclude):
             selected[name] = PrunableTensor(name, tuple(sites))
     if not selected:

@@ -40,6 +40,24 @@ def dense_state(model: nn.Module) -> State:
     return {name: t.detach().to("cpu", copy=True) for name, t in _canonical_entries(model).items()}
 
 
+def state_mismatches(model: nn.Module, state: Mapping[str, Tensor]) -> list[str]:
+    """Every difference in names and shapes between ``state`` and the model's unpruned state."""
+    entries = _canonical_entries(model)
+    problems = []
+    if missing := sorted(set(entries) - set(state)):
+        problems.append(f"missing {missing}")
+    if unexpected := sorted(set(state) - set(entries)):
+        problems.append(f"unexpected {unexpected}")
+    shapes = [
+        f"{n}: model {tuple(entries[n].shape)} vs snapshot {tuple(state[n].shape)}"
+        for n in entries
+        if n in state and entries[n].shape != state[n].shape
+    ]
+    if shapes:
+        problems.append(f"shape mismatch {shapes}")
+    return problems
+
+
 @torch.no_grad()
 def load_dense_state(model: nn.Module, state: Mapping[str, Tensor]) -> None:
     """Write ``state`` into the model's real tensors (``<name>_orig`` when pruned, never the derived ``<name>``).
@@ -47,26 +65,7 @@ def load_dense_state(model: nn.Module, state: Mapping[str, Tensor]) -> None:
     Raises:
         KeyError: names or shapes differ, listing every mismatch.
     """
-    entries = _canonical_entries(model)
-    missing = sorted(set(entries) - set(state))
-    unexpected = sorted(set(state) - set(entries))
-    shapes = [
-        f"{n}: model {tuple(entries[n].shape)} vs snapshot {tuple(state[n].shape)}"
-        for n in entries
-        if n in state and entries[n].shape != state[n].shape
-    ]
-    if missing or unexpected or shapes:
-        raise KeyError(
-            "Snapshot does not fit the model: "
-            + "; ".join(
-                part
-                for part in (
-                    f"missing {missing}" if missing else "",
-                    f"unexpected {unexpected}" if unexpected else "",
-                    f"shape mismatch {shapes}" if shapes else "",
-                )
-                if part
-            )
-        )
-    for name, target in entries.items():
+    if problems := state_mismatches(model, state):
+        raise KeyError("Snapshot does not fit the model: " + "; ".join(problems))
+    for name, target in _canonical_entries(model).items():
         target.copy_(state[name].to(device=target.device, dtype=target.dtype))

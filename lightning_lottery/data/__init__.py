@@ -1,0 +1,1 @@
+"""LightningDataModules for the recipes; plain data code that knows nothing of pruning."""

@@ -1,0 +1,262 @@
+"""LotteryTicketCallback: every round trains like a fresh fit of the rewound, masked model."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from tiny import Recorder, TinyNet, effective_weights, loaders, trainer
+from torch.nn.utils import prune
+
+from lightning_lottery import LotteryTicketCallback
+
+
+def _reference_fit(theta0: dict, masks: dict, shuffle: bool, max_epochs: int, **hparams) -> TinyNet:
+    """A fresh Trainer.fit of θ₀ with the masks applied by stock torch.nn.utils.prune."""
+    model = TinyNet(**hparams)
+    model.load_state_dict(theta0)
+    for name, mask in masks.items():
+        prune.custom_from_mask(getattr(model, name.split(".")[0]), "weight", mask)
+    train, val = loaders(shuffle=shuffle)
+    torch.manual_seed(1234)
+    trainer(max_epochs=max_epochs).fit(model, train, val)
+    return model
+
+
+@pytest.mark.parametrize(
+    ("hparams", "shuffle"),
+    [
+        (dict(optimizer="sgd", momentum=0.9, scheduler="step"), False),
+        (dict(optimizer="adam", scheduler="per_step"), False),
+        (dict(optimizer="sgd", momentum=0.9, scheduler="step", dropout=0.3), True),
+    ],
+    ids=["sgd-momentum-steplr", "adam-per-step-schedule", "shuffled-with-dropout"],
+)
+def test_round_one_equals_fresh_fit_of_masked_theta0(hparams, shuffle):
+    torch.manual_seed(0)
+    model = TinyNet(**hparams)
+    theta0 = {k: v.clone() for k, v in model.state_dict().items()}
+    lottery = LotteryTicketCallback(rounds=1, amount=0.5, scope="layer", rewind="init", monitor=None)
+    train, val = loaders(shuffle=shuffle)
+    torch.manual_seed(1234)
+    trainer(max_epochs=3, callbacks=[lottery]).fit(model, train, val)
+
+    reference = _reference_fit(theta0, lottery.masks, shuffle, max_epochs=3, **hparams)
+    ours, theirs = effective_weights(model), effective_weights(reference)
+    for name in theirs:
+        assert torch.allclose(ours[name], theirs[name], atol=1e-6), name
+
+
+def test_rounds_see_the_same_data_order():
+    recorder = Recorder()
+    train, val = loaders(shuffle=True)
+    torch.manual_seed(7)
+    trainer(max_epochs=1, callbacks=[LotteryTicketCallback(rounds=2, monitor=None), recorder]).fit(
+        TinyNet(), train, val
+    )
+    assert len(recorder.first_batches) == 3
+    assert all(torch.equal(b, recorder.first_batches[0]) for b in recorder.first_batches)
+
+
+def test_history_and_masks_after_fit():
+    model = TinyNet()
+    lottery = LotteryTicketCallback(rounds=3, amount=0.2, scope="global", monitor="val_loss")
+    train, val = loaders()
+    trainer(max_epochs=2, callbacks=[lottery]).fit(model, train, val)
+
+    assert [r["round"] for r in lottery.history] == [0, 1, 2, 3]
+    total = 8 * 16 + 16 * 3
+    for record, expected in zip(lottery.history, (0.0, 0.2, 0.36, 0.488)):
+        assert record["total"] == total
+        assert record["total"] - record["remaining"] == round(total * expected)
+        assert record["sparsity"] == pytest.approx(expected, abs=1 / total)
+        assert set(record["tensor_sparsity"]) == {"fc1.weight", "fc2.weight"}
+        assert record["best"] is not None and record["best_round_step"] in (4, 8)
+        assert record["best_step"] == record["round"] * 8 + record["best_round_step"]
+        assert {"val_loss", "val_acc", "train_loss"} <= set(record["metrics"])
+        assert record["steps"] == 8 and record["epochs"] == 2
+    assert set(lottery.masks) == {"fc1.weight", "fc2.weight"}
+    assert all(m.dtype == torch.bool for m in lottery.masks.values())
+    assert prune.is_pruned(model)
+    for name, mask in lottery.masks.items():
+        module = getattr(model, name.split(".")[0])
+        assert torch.equal(module.weight_mask.bool(), mask)
+        assert bool((module.weight_orig[~mask] == 0).all()), "masked weights must stay exactly zero"
+
+
+def test_masked_weights_stay_zero_during_training():
+    checked_steps = []
+
+    class Check(Recorder):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            if hasattr(pl_module.fc1, "weight_mask"):
+                for module in (pl_module.fc1, pl_module.fc2):
+                    assert bool((module.weight_orig[module.weight_mask == 0] == 0).all())
+                    assert bool((module.weight[module.weight_mask == 0] == 0).all())
+                checked_steps.append(trainer.global_step)
+
+    check = Check()
+    train, val = loaders()
+    trainer(max_epochs=2, callbacks=[LotteryTicketCallback(rounds=2, amount=0.5, monitor=None), check]).fit(
+        TinyNet(optimizer="adam"), train, val
+    )
+    assert checked_steps == list(range(1, 9)) * 2  # every step of rounds 1 and 2
+
+
+def test_rewind_to_step_k_restores_weights_and_schedule():
+    recorder = Recorder(at_step=5)
+    train, val = loaders()
+    lottery = LotteryTicketCallback(rounds=2, amount=0.3, rewind=5, monitor=None)
+    trainer(max_epochs=3, callbacks=[lottery, recorder]).fit(TinyNet(scheduler="per_step"), train, val)
+
+    theta_k = recorder.at_step_weights
+    for start in recorder.starts[1:]:  # rounds 1 and 2 start from θ_k under their masks
+        assert torch.equal(start["fc1.bias"], theta_k["fc1.bias"])
+        for name in lottery.masks:
+            kept = start[name] != 0
+            assert torch.equal(start[name][kept], theta_k[name][kept])
+            assert int(kept.sum()) < theta_k[name].numel()
+    for name, mask in lottery.masks.items():
+        assert torch.equal(recorder.starts[-1][name], theta_k[name] * mask)
+    assert recorder.start_lrs[1] == recorder.at_step_lr == pytest.approx([0.1 / 6])
+    assert recorder.start_lrs[0] == [0.1]
+
+
+def test_rewind_none_keeps_trained_weights():
+    recorder = Recorder()
+    train, val = loaders()
+    lottery = LotteryTicketCallback(rounds=1, amount=0.4, rewind="none", monitor=None)
+    trainer(max_epochs=2, callbacks=[lottery, recorder]).fit(TinyNet(), train, val)
+    trained, restarted = recorder.ends[0], recorder.starts[1]
+    for name, mask in lottery.masks.items():
+        assert torch.equal(restarted[name], trained[name] * mask)
+    assert torch.equal(restarted["fc1.bias"], trained["fc1.bias"])
+
+
+def test_reinit_draws_fresh_reproducible_weights():
+    def run(seed: int) -> Recorder:
+        recorder = Recorder()
+        train, val = loaders()
+        torch.manual_seed(0)
+        lottery = LotteryTicketCallback(rounds=1, amount=0.4, rewind="reinit", seed=seed, monitor=None)
+        trainer(max_epochs=1, callbacks=[lottery, recorder]).fit(TinyNet(), train, val)
+        return recorder
+
+    a, b, c = run(3), run(3), run(4)
+    assert not torch.allclose(a.starts[1]["fc1.bias"], a.starts[0]["fc1.bias"])
+    assert not torch.allclose(a.starts[1]["fc1.bias"], a.ends[0]["fc1.bias"])
+    assert torch.equal(a.starts[1]["fc1.bias"], b.starts[1]["fc1.bias"])
+    assert not torch.equal(a.starts[1]["fc1.bias"], c.starts[1]["fc1.bias"])
+
+
+def test_random_pruning_is_seeded_and_keeps_counts():
+    def masks(pruning: str, seed: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        lottery = LotteryTicketCallback(rounds=2, amount=0.3, scope="global", pruning=pruning, seed=seed, monitor=None)
+        train, val = loaders()
+        trainer(max_epochs=1, callbacks=[lottery]).fit(TinyNet(), train, val)
+        return lottery.masks
+
+    magnitude, rand_a, rand_b, rand_c = (
+        masks("magnitude", 0),
+        masks("random", 1),
+        masks("random", 1),
+        masks("random", 2),
+    )
+    assert all(torch.equal(rand_a[n], rand_b[n]) for n in rand_a)
+    assert any(not torch.equal(rand_a[n], rand_c[n]) for n in rand_a)
+    assert sum(int(m.sum()) for m in rand_a.values()) == sum(int(m.sum()) for m in magnitude.values())
+
+
+def test_early_stopping_ends_only_the_round():
+    stopper = EarlyStopping(monitor="val_loss", patience=0, min_delta=10.0)  # stops at the 2nd validation
+    lottery = LotteryTicketCallback(rounds=2, monitor="val_loss")
+    train, val = loaders()
+    trainer(max_epochs=6, callbacks=[lottery, stopper]).fit(TinyNet(), train, val)
+    assert [r["round"] for r in lottery.history] == [0, 1, 2]
+    assert [r["epochs"] for r in lottery.history] == [2, 2, 2]
+
+
+def test_checkpoint_top_k_restarts_each_round(tmp_path: Path):
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=1)
+    lottery = LotteryTicketCallback(rounds=2, monitor="val_loss")
+    train, val = loaders()
+    trainer(max_epochs=2, enable_checkpointing=True, callbacks=[lottery, checkpoint]).fit(TinyNet(), train, val)
+    assert len(list(tmp_path.glob("*.ckpt"))) == 3  # each round's best survives its successors
+
+
+def test_logger_gets_round_metrics_and_per_round_curves(tmp_path: Path):
+    logger = CSVLogger(tmp_path, name="run")
+    lottery = LotteryTicketCallback(rounds=2, monitor="val_loss")
+    train, val = loaders()
+    trainer(max_epochs=2, logger=logger, log_every_n_steps=1, callbacks=[lottery]).fit(TinyNet(), train, val)
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    columns = set(rows[0])
+    assert {"round", "sparsity", "remaining_weights", "round_step"} <= columns
+    assert {"round_00/val_loss", "round_01/val_loss", "round_02/val_loss"} <= columns
+    rounds = [float(r["round"]) for r in rows if r["round"]]
+    assert rounds == [0.0, 1.0, 2.0]
+    remaining = [float(r["remaining_weights"]) for r in rows if r["remaining_weights"]]
+    assert remaining == pytest.approx([100.0, 80.0, 64.0], abs=0.6)
+    steps = [int(r["step"]) for r in rows]
+    assert steps == sorted(steps), "logger steps must stay monotonic across rounds"
+
+
+def test_progress_bar_shows_round_and_remaining_weights():
+    seen = []
+
+    class Peek(Recorder):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            seen.append(trainer.progress_bar_callback.get_metrics(trainer, pl_module))
+
+    train, val = loaders()
+    trainer(
+        max_epochs=1,
+        enable_progress_bar=True,
+        callbacks=[LotteryTicketCallback(rounds=1, monitor=None), Peek()],
+    ).fit(TinyNet(), train, val)
+    assert seen[0]["round"] == "0/1" and seen[0]["weights"] == "100.0%"
+    assert seen[-1]["round"] == "1/1" and seen[-1]["weights"] == "80.1%"
+
+
+def test_each_round_is_a_full_relaunch_of_the_fit_loop():
+    recorder = Recorder()
+    seen_steps = []
+
+    class Steps(Recorder):
+        def on_train_batch_start(self, trainer, pl_module, batch, i):
+            seen_steps.append((trainer.current_epoch, trainer.global_step))
+
+    train, val = loaders()
+    trainer(max_epochs=2, callbacks=[LotteryTicketCallback(rounds=2, monitor=None), recorder, Steps()]).fit(
+        TinyNet(), train, val
+    )
+    assert recorder.train_starts == 3
+    per_round = [(e, s) for e in range(2) for s in range(e * 4, e * 4 + 4)]
+    assert seen_steps == per_round * 3
+
+
+def test_rounds_zero_trains_dense_and_snapshots():
+    model = TinyNet()
+    theta0 = {k: v.clone() for k, v in model.state_dict().items()}
+    lottery = LotteryTicketCallback(rounds=0, monitor="val_loss")
+    train, val = loaders()
+    trainer(max_epochs=1, callbacks=[lottery]).fit(model, train, val)
+    assert len(lottery.history) == 1 and lottery.history[0]["sparsity"] == 0.0
+    assert not prune.is_pruned(model)
+    assert all(torch.equal(lottery.rewind_weights[k], v) for k, v in theta0.items())
+
+
+def test_theta0_is_never_retaken_by_a_second_fit():
+    model = TinyNet()
+    theta0 = {k: v.clone() for k, v in model.state_dict().items()}
+    lottery = LotteryTicketCallback(rounds=1, monitor=None)
+    train, val = loaders()
+    trainer(max_epochs=1, callbacks=[lottery]).fit(model, train, val)
+    trainer(max_epochs=1, callbacks=[lottery]).fit(model, train, val)
+    assert all(torch.equal(lottery.rewind_weights[k], v) for k, v in theta0.items())

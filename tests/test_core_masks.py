@@ -1,0 +1,183 @@
+"""Masks on torch.nn.utils.prune: selection, installation, the enforced fast path, snapshots."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from lightning_lottery.core import (
+    MaskEnforcer,
+    current_masks,
+    dense_state,
+    install_masks,
+    load_dense_state,
+    remove_masks,
+    select_prunable,
+)
+
+
+class Mixed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 8)
+        self.conv = nn.Conv1d(8, 8, 3)
+        self.norm = nn.LayerNorm(8)
+        self.lstm = nn.LSTM(8, 8, num_layers=2)
+        self.attn = nn.MultiheadAttention(8, 2)
+        self.head = nn.Linear(8, 20)
+
+
+def test_default_selection_takes_weight_matrices_only():
+    names = set(select_prunable(Mixed()))
+    assert names == {
+        "conv.weight",
+        "lstm.weight_ih_l0",
+        "lstm.weight_hh_l0",
+        "lstm.weight_ih_l1",
+        "lstm.weight_hh_l1",
+        "attn.in_proj_weight",
+        "attn.out_proj.weight",
+        "head.weight",
+    }
+
+
+def test_patterns_select_and_exclude():
+    names = set(select_prunable(Mixed(), parameters=["lstm.*", "head.weight"], exclude=["*_l1"]))
+    assert names == {
+        "lstm.weight_ih_l0",
+        "lstm.weight_hh_l0",
+        "lstm.bias_ih_l0",
+        "lstm.bias_hh_l0",
+        "head.weight",
+    }
+
+
+@pytest.mark.parametrize("kwargs", [{"parameters": ["nope*"]}, {"exclude": ["fc9.weight"]}])
+def test_pattern_matching_nothing_is_an_error(kwargs):
+    with pytest.raises(ValueError, match="match no parameter"):
+        select_prunable(Mixed(), **kwargs)
+
+
+def test_nothing_prunable_is_an_error():
+    with pytest.raises(ValueError, match="Nothing to prune"):
+        select_prunable(nn.Sequential(nn.Embedding(4, 4), nn.LayerNorm(4)))
+
+
+def _half_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {n: torch.rand(t.shape, generator=g) > 0.5 for n, t in select_prunable(model).items()}
+
+
+def test_installed_masks_are_standard_prune_reparametrisation():
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
+    tensors = select_prunable(model)
+    masks = _half_masks(model)
+    install_masks(tensors, masks)
+    assert prune.is_pruned(model)
+    assert {"0.weight_orig", "2.weight_orig"} <= {n for n, _ in model.named_parameters()}
+    assert {"0.weight_mask", "2.weight_mask"} <= {n for n, _ in model.named_buffers()}
+    for name, mask in current_masks(tensors).items():
+        assert torch.equal(mask, masks[name])
+    assert torch.equal(model[0].weight_orig[~masks["0.weight"]], torch.zeros(int((~masks["0.weight"]).sum())))
+
+
+def test_masks_only_shrink():
+    model = nn.Linear(10, 10)
+    tensors = select_prunable(model)
+    first = {"weight": torch.arange(100).view(10, 10) % 2 == 0}
+    second = {"weight": torch.arange(100).view(10, 10) % 3 == 0}
+    install_masks(tensors, first)
+    install_masks(tensors, second)
+    assert torch.equal(current_masks(tensors)["weight"], first["weight"] & second["weight"])
+
+
+def test_fast_path_trains_like_stock_prune():
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
+    ours = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
+    ours.load_state_dict(reference.state_dict())
+    masks = _half_masks(reference)
+    for name, mask in masks.items():
+        prune.custom_from_mask(reference[int(name[0])], "weight", mask)
+    install_masks(select_prunable(ours), masks)
+    enforcer = MaskEnforcer(ours)
+    enforcer.activate()
+    opts = [torch.optim.AdamW(m.parameters(), lr=0.05, weight_decay=0.1) for m in (reference, ours)]
+    x, y = torch.randn(16, 6), torch.randint(0, 2, (16,))
+    for _ in range(5):
+        for model, opt in zip((reference, ours), opts):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            if model is ours:
+                enforcer.mask_gradients()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+            opt.step()
+            if model is ours:
+                enforcer.zero_masked_weights()
+    for i in (0, 2):  # ``module.weight`` of stock prune is stale until the next forward: compare orig * mask
+        assert torch.allclose(reference[i].weight_orig * reference[i].weight_mask, ours[i].weight_orig, atol=1e-6)
+        assert torch.equal(ours[i].weight_orig * ours[i].weight_mask, ours[i].weight_orig), "masked entry not zero"
+    enforcer.deactivate()
+    assert torch.allclose(reference(x), ours(x), atol=1e-6)
+
+
+def test_tied_weights_get_one_mask():
+    embed = nn.Embedding(10, 4)
+    head = nn.Linear(4, 10, bias=False)
+    head.weight = embed.weight
+    model = nn.ModuleDict({"embed": embed, "head": head})
+    tensors = select_prunable(model, parameters=["embed.weight"])
+    assert len(tensors) == 1 and len(tensors["embed.weight"].sites) == 2
+    install_masks(tensors, {"embed.weight": torch.rand(10, 4) > 0.5})
+    assert model["embed"].weight_mask is model["head"].weight_mask
+    assert model["embed"].weight_orig is model["head"].weight_orig
+    assert len(MaskEnforcer(model)) == 1
+    out = model["head"](torch.eye(4))
+    assert torch.equal(out.T, model["embed"].weight_orig * model["embed"].weight_mask)
+
+
+def test_foreign_pruning_is_taken_over_and_intersected():
+    model = nn.Linear(8, 8)
+    prune.l1_unstructured(model, "weight", amount=0.25)
+    prune.random_unstructured(model, "weight", amount=0.25)  # a PruningContainer now
+    before = model.weight_mask.bool().clone()
+    tensors = select_prunable(model)
+    assert set(tensors) == {"weight"}
+    extra = torch.rand(8, 8) > 0.3
+    install_masks(tensors, {"weight": extra})
+    assert torch.equal(current_masks(tensors)["weight"], before & extra)
+    hooks = list(model._forward_pre_hooks.values())
+    assert len(hooks) == 1 and type(hooks[0]).__name__ == "LotteryMask"
+
+
+def test_snapshot_rewinds_real_parameters_not_the_derived_weight():
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    theta0 = dense_state(model)
+    tensors = select_prunable(model)
+    install_masks(tensors, _half_masks(model))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        model[1].running_mean.add_(3.0)
+    load_dense_state(model, theta0)
+    assert torch.equal(model[0].weight_orig, theta0["0.weight"])  # the parameter, masked values included
+    assert torch.equal(model[1].running_mean, theta0["1.running_mean"])
+    assert set(theta0) == set(dense_state(model))
+
+
+def test_snapshot_mismatch_lists_every_problem():
+    theta = dense_state(nn.Linear(4, 3))
+    with pytest.raises(KeyError, match=r"shape mismatch.*weight.*bias"):
+        load_dense_state(nn.Linear(4, 2), theta)
+
+
+def test_remove_masks_leaves_dense_modules_with_zeros():
+    model = nn.Linear(6, 6)
+    masks = {"weight": torch.rand(6, 6) > 0.5}
+    install_masks(select_prunable(model), masks)
+    remove_masks(model)
+    assert not prune.is_pruned(model)
+    assert bool((model.weight[~masks["weight"]] == 0).all())
+    assert isinstance(model.weight, nn.Parameter)
