@@ -3,8 +3,9 @@
 Add :class:`LotteryTicketCallback` to any ``Trainer``; one ``trainer.fit`` runs the whole search.
 """
 
-from lightning_lottery.callback import LotteryTicketCallback
-
 __version__ = "0.1.0"
 
-__all__ = ["LotteryTicketCallback", "__version__"]
+from lightning_lottery.callback import LotteryTicketCallback
+from lightning_lottery.ticket import ExportSummary, Ticket, TicketError, export_pruned
+
+__all__ = ["ExportSummary", "LotteryTicketCallback", "Ticket", "TicketError", "__version__", "export_pruned"]

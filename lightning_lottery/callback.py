@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -35,6 +37,7 @@ from lightning_lottery.core import (
 )
 from lightning_lottery.core.reparam import lottery_hooks
 from lightning_lottery.core.snapshot import state_mismatches
+from lightning_lottery.ticket import Ticket, atomic_write_json, ticket_metadata
 
 Rewind = Literal["init", "none", "reinit"] | int
 _REWIND_WORDS = ("init", "none", "reinit")
@@ -141,6 +144,9 @@ class LotteryTicketCallback(Callback):
             record only the final metrics.
         mode: ``"min"`` or ``"max"``: whether lower or higher ``monitor`` is better.
         seed: seeds random pruning and reinitialisation; ``None`` draws one (kept in checkpoints).
+        dirpath: folder for the per-round artifacts (``round_XX/ticket.safetensors``, ``round_XX/summary.json``,
+            ``history.json``); default ``<trainer.log_dir>/lottery``. Written by rank zero, atomically.
+        save_tickets: write those artifacts.
         verbose: print one line per round.
 
     Example::
@@ -168,6 +174,8 @@ class LotteryTicketCallback(Callback):
         monitor: str | None = "val_loss",
         mode: Literal["min", "max"] = "min",
         seed: int | None = None,
+        dirpath: str | os.PathLike[str] | None = None,
+        save_tickets: bool = True,
         verbose: bool = True,
     ) -> None:
         super().__init__()
@@ -194,6 +202,8 @@ class LotteryTicketCallback(Callback):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"`seed` must be an int or None, got {seed!r}")
         self.seed = seed
+        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.save_tickets = save_tickets
         self.verbose = verbose
 
         self.history: list[dict[str, Any]] = []
@@ -202,14 +212,17 @@ class LotteryTicketCallback(Callback):
         self._masks: dict[str, Tensor] | None = None
         self._theta0: State | None = None
         self._theta_k: State | None = None
+        self._round_start: State | None = None  # what "none"/"reinit" rounds started from
         self._schedule_k: dict[str, Any] | None = None
         self._rng_state: dict[str, Any] | None = None
         self._best: dict[str, Any] | None = None
         self._last_metrics: dict[str, float] = {}
         self._steps_done = 0
         self._monitor_checked = False
+        self._rng_resume: dict[str, Any] | None = None
         self._enforcer: MaskEnforcer | None = None
         self._optimizer_hooks: list[Any] = []
+        self._model_class = ""
         self._sparsity_cache: tuple[Any, tuple[float, int, int, dict[str, float]]] | None = None
 
     # ------------------------------------------------------------------ public state
@@ -233,10 +246,32 @@ class LotteryTicketCallback(Callback):
 
     @property
     def rewind_weights(self) -> State | None:
-        """The weights survivors are rewound to: θ₀ or θ_k (``None`` for ``rewind="none"``/``"reinit"``)."""
+        """The weights the current round started from: θ₀, θ_k, or for ``"none"``/``"reinit"`` the trained
+        or freshly drawn weights (θ₀ in round 0)."""
+        if self.round == 0 or self.rewind == "init":
+            return self._theta0
         if isinstance(self.rewind, int):
             return self._theta_k
-        return self._theta0 if self.rewind == "init" else None
+        return self._round_start
+
+    def ticket(self) -> Ticket:
+        """The current ticket: this round's masks and the weights its survivors started from."""
+        if self._masks is None or self.rewind_weights is None:
+            raise RuntimeError("No ticket yet: call trainer.fit with this callback first")
+        sparsity, remaining, total, per_tensor = self.sparsity()
+        record = next((r for r in self.history if r["round"] == self.round), None)
+        extra = {
+            "settings": self.settings(),
+            "rewind_kind": self.rewind if self.round > 0 else "init",
+            "sparsity": sparsity,
+            "remaining": remaining,
+            "total": total,
+            "tensor_sparsity": per_tensor,
+            "record": record,
+        }
+        metadata = ticket_metadata(self._model_class, self._masks, extra)
+        weights = {n: w.clone() for n, w in self.rewind_weights.items()}
+        return Ticket({n: m.clone() for n, m in self._masks.items()}, weights, self.round, metadata)
 
     def settings(self) -> dict[str, Any]:
         """The callback's arguments, as plain values (stored with checkpoints and tickets)."""
@@ -276,10 +311,17 @@ class LotteryTicketCallback(Callback):
             remove_masks(pl_module)
         self._tensors = select_prunable(pl_module, self.parameters, self.exclude)
         self.schedule.check_names(list(self._tensors))
+        self._model_class = f"{type(pl_module).__module__}.{type(pl_module).__qualname__}"
+        log_dir = trainer.log_dir  # a collective call under DDP: every rank asks
+        if self.dirpath is None:
+            self.dirpath = Path(log_dir or trainer.default_root_dir) / "lottery"
         if self.rewind == "reinit":
             self._fresh_state(pl_module, round_index=0)  # fail now, not after round 0
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._rng_resume is not None:
+            _set_rng_states(_rng_from_state(self._rng_resume))
+            self._rng_resume = None
         if self.seed is None:
             self.seed = random.SystemRandom().randrange(2**31)
         if self._masks is None:
@@ -342,12 +384,15 @@ class LotteryTicketCallback(Callback):
             "masks": self._masks,
             "theta0": self._theta0,
             "theta_k": self._theta_k,
+            "round_start": self._round_start,
             "schedule_k": self._schedule_k,
             "history": self.history,
             "best": self._best,
             "last_metrics": self._last_metrics,
             "steps_done": self._steps_done,
             "rng_state": self._rng_state,
+            # The RNG as of this checkpoint: a resumed run draws the same shuffles and dropout masks.
+            "rng_now": _rng_to_state(_collect_rng_states(include_cuda=torch.cuda.is_available())),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -366,12 +411,14 @@ class LotteryTicketCallback(Callback):
         self._masks = state_dict["masks"]
         self._theta0 = state_dict["theta0"]
         self._theta_k = state_dict["theta_k"]
+        self._round_start = state_dict["round_start"]
         self._schedule_k = state_dict["schedule_k"]
         self.history = list(state_dict["history"])
         self._best = state_dict["best"]
         self._last_metrics = dict(state_dict["last_metrics"])
         self._steps_done = state_dict["steps_done"]
         self._rng_state = state_dict["rng_state"]
+        self._rng_resume = state_dict.get("rng_now")
 
     # ------------------------------------------------------------------ rounds
 
@@ -386,7 +433,7 @@ class LotteryTicketCallback(Callback):
                 "optimizer steps, before reaching that step (EarlyStopping?). Use a smaller rewind step."
             )
         masks = trainer.strategy.broadcast(self._prune(), src=0)
-        self._rewind_to(pl_module, masks)
+        self._rewind_to(trainer, pl_module, masks)
         self.round += 1
         self._best = None
         self._last_metrics = {}
@@ -405,15 +452,20 @@ class LotteryTicketCallback(Callback):
             new = random_masks(self._masks, counts(new), generator)
         return {n: m.cpu() for n, m in new.items()}
 
-    def _rewind_to(self, pl_module: pl.LightningModule, masks: dict[str, Tensor]) -> None:
+    def _rewind_to(self, trainer: pl.Trainer, pl_module: pl.LightningModule, masks: dict[str, Tensor]) -> None:
         if self.rewind == "reinit":
-            load_dense_state(pl_module, self._fresh_state(pl_module, self.round + 1))
-        elif self.rewind != "none":
-            state = self.rewind_weights
-            assert state is not None
-            load_dense_state(pl_module, state)
+            fresh = trainer.strategy.broadcast(self._fresh_state(pl_module, self.round + 1), src=0)
+            load_dense_state(pl_module, fresh)
+        elif self.rewind == "init":
+            assert self._theta0 is not None
+            load_dense_state(pl_module, self._theta0)
+        elif isinstance(self.rewind, int):
+            assert self._theta_k is not None
+            load_dense_state(pl_module, self._theta_k)
         install_masks(self._tensors, masks)
         self._masks = masks
+        if self.rewind in ("none", "reinit"):
+            self._round_start = dense_state(pl_module)
 
     def _relaunch(self, trainer: pl.Trainer) -> None:
         self._steps_done += trainer.global_step
@@ -447,8 +499,20 @@ class LotteryTicketCallback(Callback):
             "steps": trainer.global_step,
             "epochs": trainer.current_epoch,
         }
+        # Validation metrics are rank-local unless logged with sync_dist=True: every rank keeps rank 0's record.
+        record = trainer.strategy.broadcast(record, src=0)
         self.history = [r for r in self.history if r["round"] != self.round] + [record]
+        if self.save_tickets and trainer.is_global_zero:
+            self._write_artifacts(record)
         self._log(trainer, {f"round_summary/{k}": v for k, v in record.items() if isinstance(v, (int, float))})
+
+    def _write_artifacts(self, record: dict[str, Any]) -> None:
+        assert self.dirpath is not None
+        folder = self.dirpath / f"round_{self.round:02d}"
+        self.ticket().save(folder / "ticket.safetensors")
+        summary = {"record": record, "settings": self.settings(), "ticket": "ticket.safetensors"}
+        atomic_write_json(folder / "summary.json", summary)
+        atomic_write_json(self.dirpath / "history.json", {"settings": self.settings(), "history": self.history})
 
     # ------------------------------------------------------------------ helpers
 

@@ -181,3 +181,13 @@ def test_remove_masks_leaves_dense_modules_with_zeros():
     assert not prune.is_pruned(model)
     assert bool((model.weight[~masks["weight"]] == 0).all())
     assert isinstance(model.weight, nn.Parameter)
+
+
+def test_pruning_keeps_parameter_order():
+    """Optimizer state in checkpoints is matched by position: pruned and dense models must list alike."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    dense_order = [n for n, _ in model.named_parameters()]
+    install_masks(select_prunable(model), _half_masks(model))
+    assert [n.replace("_orig", "") for n, _ in model.named_parameters()] == dense_order
+    remove_masks(model)
+    assert [n for n, _ in model.named_parameters()] == dense_order

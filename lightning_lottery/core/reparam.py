@@ -46,6 +46,17 @@ class LotteryMask(prune.BasePruningMethod):
         return orig * getattr(module, self._tensor_name + "_mask")
 
 
+def _keep_position(module: nn.Module, before: list[str], old: str, new: str) -> None:
+    """Put parameter ``new`` where ``old`` was: pruned and unpruned models list parameters (and so optimizer
+    state in checkpoints) in the same order."""
+    params = module._parameters
+    order = [new if key == old else key for key in before if (new if key == old else key) in params]
+    order += [key for key in params if key not in order]
+    reordered = {key: params[key] for key in order}
+    params.clear()
+    params.update(reordered)
+
+
 def _install_site(module: nn.Module, attr: str, mask: Tensor, shared: Tensor | None) -> Tensor:
     """Mask ``module.<attr>`` with ``mask`` (intersected with any mask it already has); returns the buffer."""
     hook = pruning_hook(module, attr)
@@ -62,7 +73,9 @@ def _install_site(module: nn.Module, attr: str, mask: Tensor, shared: Tensor | N
                 ours._tensor_name = attr
                 module._forward_pre_hooks[key] = ours
     else:
+        before = list(module._parameters)
         LotteryMask.apply(module, attr, mask=mask)
+        _keep_position(module, before, attr, attr + "_orig")
         buffer = getattr(module, attr + "_mask")
     if shared is not None and buffer is not shared:
         # Tied weights: every site reads the one mask tensor.
@@ -111,7 +124,9 @@ def lottery_hooks(model: nn.Module) -> Iterable[tuple[nn.Module, LotteryMask]]:
 def remove_masks(model: nn.Module) -> None:
     """Make every :class:`LotteryMask` permanent (``prune.remove``): plain dense modules with zeros in them."""
     for module, hook in list(lottery_hooks(model)):
+        before = list(module._parameters)
         prune.remove(module, hook._tensor_name)
+        _keep_position(module, before, hook._tensor_name + "_orig", hook._tensor_name)
 
 
 class MaskEnforcer:
