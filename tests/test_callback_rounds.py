@@ -260,3 +260,35 @@ def test_theta0_is_never_retaken_by_a_second_fit():
     trainer(max_epochs=1, callbacks=[lottery]).fit(model, train, val)
     trainer(max_epochs=1, callbacks=[lottery]).fit(model, train, val)
     assert all(torch.equal(lottery.rewind_weights[k], v) for k, v in theta0.items())
+
+
+def test_stock_multihead_attention_out_proj_is_trained_and_masked():
+    """nn.MultiheadAttention reads out_proj.weight without calling out_proj, so out_proj's hook never runs."""
+
+    class Attention(TinyNet):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = x.unsqueeze(1)
+            return super().forward(self.attn(h, h, h, need_weights=False)[0].squeeze(1))
+
+    recorder = Recorder()
+    model = Attention()
+    lottery = LotteryTicketCallback(rounds=1, amount=0.5, scope="layer", monitor=None)
+    train, val = loaders()
+    trainer(max_epochs=2, callbacks=[lottery, recorder]).fit(model, train, val)
+    out_proj = model.attn.out_proj
+    mask = lottery.masks["attn.out_proj.weight"]
+    start = lottery.rewind_weights["attn.out_proj.weight"] * mask
+    assert not torch.allclose(out_proj.weight_orig, start), "out_proj was not trained in the pruned round"
+    assert bool((out_proj.weight_orig[~mask] == 0).all())
+    x = torch.randn(4, 8).unsqueeze(1)
+    reference = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(model.attn.in_proj_weight)
+        reference.in_proj_bias.copy_(model.attn.in_proj_bias)
+        reference.out_proj.weight.copy_(out_proj.weight_orig * out_proj.weight_mask)
+        reference.out_proj.bias.copy_(out_proj.bias)
+        assert torch.allclose(model.attn(x, x, x)[0], reference(x, x, x)[0], atol=1e-6)

@@ -86,8 +86,15 @@ def _install_site(module: nn.Module, attr: str, mask: Tensor, shared: Tensor | N
     hook.mask = buffer
     with torch.no_grad():
         getattr(module, attr + "_orig").mul_(buffer)
-        setattr(module, attr, hook.apply_mask(module))
+    _refresh(module, hook)
     return buffer
+
+
+def _refresh(module: nn.Module, hook: LotteryMask) -> None:
+    """Set ``module.<name>`` now, with autograd on. Some modules read a child's weight without calling the child
+    (``nn.MultiheadAttention`` passes ``out_proj.weight`` to the functional form), so the child's hook never runs
+    and this value is what they use: in the fast path it is a live view of ``<name>_orig``."""
+    setattr(module, hook._tensor_name, hook.apply_mask(module))
 
 
 def install_masks(tensors: Mapping[str, PrunableTensor], masks: Mapping[str, Tensor]) -> None:
@@ -138,13 +145,13 @@ class MaskEnforcer:
 
     def __init__(self, model: nn.Module) -> None:
         pairs = []
-        self._hooks = []
-        for module, hook in lottery_hooks(model):
+        self._sites = list(lottery_hooks(model))
+        self._hooks = [hook for _, hook in self._sites]
+        for module, hook in self._sites:
             orig = getattr(module, hook._tensor_name + "_orig")
             mask = getattr(module, hook._tensor_name + "_mask")
             if all(orig is not p for p, _ in pairs):
                 pairs.append((orig, mask))
-            self._hooks.append(hook)
         self._params = [p for p, _ in pairs]
         self._masks = [m.to(p.dtype) if m.dtype != p.dtype else m for p, m in pairs]
 
@@ -153,10 +160,12 @@ class MaskEnforcer:
 
     def activate(self) -> None:
         self.zero_masked_weights()
-        for hook in self._hooks:
+        for module, hook in self._sites:
             hook.masked_zero = True
+            _refresh(module, hook)
 
     def deactivate(self) -> None:
+        # The live views stay: masked entries of ``<name>_orig`` are zero, so they equal ``orig * mask``.
         for hook in self._hooks:
             hook.masked_zero = False
 
