@@ -37,7 +37,7 @@ from lightning_lottery.core import (
 )
 from lightning_lottery.core.reparam import lottery_hooks
 from lightning_lottery.core.snapshot import state_mismatches
-from lightning_lottery.ticket import Ticket, atomic_write_json, ticket_metadata
+from lightning_lottery.ticket import Ticket, atomic_write_csv, atomic_write_json, ticket_metadata
 
 Rewind = Literal["init", "none", "reinit"] | int
 _REWIND_WORDS = ("init", "none", "reinit")
@@ -159,6 +159,8 @@ class LotteryTicketCallback(Callback):
         >>> # lottery.history[-1]["sparsity"]  # 1 - 0.8**5 = 0.672...
 
     After ``fit``: :attr:`history` has one record per round and :attr:`masks` the bool masks by parameter name.
+    Other callbacks may define ``on_lottery_round_end(trainer, pl_module, record, folder)``: it is called when a
+    round ends, with the round's history record and its artifact folder (``None`` off rank zero).
     """
 
     def __init__(
@@ -217,6 +219,7 @@ class LotteryTicketCallback(Callback):
         self._rng_state: dict[str, Any] | None = None
         self._best: dict[str, Any] | None = None
         self._last_metrics: dict[str, float] = {}
+        self._curve: list[dict[str, float]] = []  # this round's metrics at every validation
         self._steps_done = 0
         self._monitor_checked = False
         self._rng_resume: dict[str, Any] | None = None
@@ -389,6 +392,7 @@ class LotteryTicketCallback(Callback):
             "history": self.history,
             "best": self._best,
             "last_metrics": self._last_metrics,
+            "curve": self._curve,
             "steps_done": self._steps_done,
             "rng_state": self._rng_state,
             # The RNG as of this checkpoint: a resumed run draws the same shuffles and dropout masks.
@@ -416,6 +420,7 @@ class LotteryTicketCallback(Callback):
         self.history = list(state_dict["history"])
         self._best = state_dict["best"]
         self._last_metrics = dict(state_dict["last_metrics"])
+        self._curve = list(state_dict["curve"])
         self._steps_done = state_dict["steps_done"]
         self._rng_state = state_dict["rng_state"]
         self._rng_resume = state_dict.get("rng_now")
@@ -437,6 +442,7 @@ class LotteryTicketCallback(Callback):
         self.round += 1
         self._best = None
         self._last_metrics = {}
+        self._curve = []
         self._relaunch(trainer)
         self._announce(trainer)
         return True
@@ -502,17 +508,24 @@ class LotteryTicketCallback(Callback):
         # Validation metrics are rank-local unless logged with sync_dist=True: every rank keeps rank 0's record.
         record = trainer.strategy.broadcast(record, src=0)
         self.history = [r for r in self.history if r["round"] != self.round] + [record]
+        folder = None
         if self.save_tickets and trainer.is_global_zero:
-            self._write_artifacts(record)
+            folder = self._write_artifacts(record)
+        for callback in trainer.callbacks:
+            listener = getattr(callback, "on_lottery_round_end", None)
+            if callable(listener):
+                listener(trainer, trainer.lightning_module, record, folder)
         self._log(trainer, {f"round_summary/{k}": v for k, v in record.items() if isinstance(v, (int, float))})
 
-    def _write_artifacts(self, record: dict[str, Any]) -> None:
+    def _write_artifacts(self, record: dict[str, Any]) -> Path:
         assert self.dirpath is not None
         folder = self.dirpath / f"round_{self.round:02d}"
         self.ticket().save(folder / "ticket.safetensors")
         summary = {"record": record, "settings": self.settings(), "ticket": "ticket.safetensors"}
         atomic_write_json(folder / "summary.json", summary)
+        atomic_write_csv(folder / "curve.csv", self._curve)
         atomic_write_json(self.dirpath / "history.json", {"settings": self.settings(), "history": self.history})
+        return folder
 
     # ------------------------------------------------------------------ helpers
 
@@ -611,6 +624,7 @@ class LotteryTicketCallback(Callback):
                     "epoch": trainer.current_epoch,
                     "metrics": metrics,
                 }
+        self._curve.append({"round_step": trainer.global_step, "epoch": trainer.current_epoch, **metrics})
         curves = {f"round_{self.round:02d}/{k}": v for k, v in metrics.items()}
         curves["round_step"] = float(trainer.global_step)
         self._log(trainer, curves)

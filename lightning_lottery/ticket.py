@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
@@ -40,6 +41,21 @@ def atomic_write_json(path: Path, data: Any) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
             json.dump(data, f, indent=2, sort_keys=True, default=str)
+
+    atomic_write(path, write)
+
+
+def atomic_write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Rows of metrics as CSV; columns are the union of the rows' keys, first-seen order."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
 
     atomic_write(path, write)
 

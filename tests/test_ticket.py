@@ -6,6 +6,7 @@ import json
 import pickle
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -173,3 +174,22 @@ def test_pruned_checkpoint_loads_into_a_fresh_model(tmp_path: Path):
     assert bool((loaded.fc1.weight[~mask] == 0).all())
     state = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert "masks" in state["callbacks"][lottery.state_key]
+
+
+def test_round_curves_and_listeners(tmp_path: Path):
+    import csv
+
+    heard = []
+
+    class Listener(pl.Callback):
+        def on_lottery_round_end(self, trainer, pl_module, record, folder):
+            heard.append((record["round"], folder.name))
+
+    lottery = LotteryTicketCallback(rounds=1, monitor="val_loss", dirpath=tmp_path)
+    train, val = loaders()
+    trainer(max_epochs=3, callbacks=[lottery, Listener()]).fit(TinyNet(), train, val)
+    assert heard == [(0, "round_00"), (1, "round_01")]
+    with open(tmp_path / "round_01" / "curve.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["round_step"]) for r in rows] == [4, 8, 12]
+    assert {"val_loss", "val_acc", "epoch"} <= set(rows[0])
