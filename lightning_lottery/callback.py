@@ -39,8 +39,21 @@ from lightning_lottery.core.reparam import lottery_hooks
 from lightning_lottery.core.snapshot import state_mismatches
 from lightning_lottery.ticket import Ticket, atomic_write_csv, atomic_write_json, ticket_metadata
 
-Rewind = Literal["init", "none", "reinit"] | int
+Rewind = Literal["init", "none", "reinit"] | int | str
 _REWIND_WORDS = ("init", "none", "reinit")
+
+
+def _parse_rewind(rewind: Any) -> tuple[Rewind, int | None]:
+    """The rewind setting and, for ``"epoch:E"``, the epoch E."""
+    if isinstance(rewind, int) and not isinstance(rewind, bool) and rewind >= 0:
+        return ("init" if rewind == 0 else rewind), None
+    if rewind in _REWIND_WORDS:
+        return rewind, None
+    if isinstance(rewind, str) and rewind.startswith("epoch:") and rewind[6:].isdigit() and int(rewind[6:]) >= 1:
+        return rewind, int(rewind[6:])
+    raise ValueError(f"`rewind={rewind!r}` is not one of 'init', 'none', 'reinit', a step k >= 0 or 'epoch:E' (E >= 1)")
+
+
 _STATE_VERSION = 1
 # Settings that define a search: resuming with different values would mix two searches.
 _FIXED_SETTINGS = (
@@ -135,7 +148,8 @@ class LotteryTicketCallback(Callback):
             RNN/LSTM/GRU and MultiheadAttention; never biases, norms or embeddings.
         exclude: names/patterns removed from the prunable tensors.
         rewind: ``"init"``: survivors go back to θ₀; ``k`` (int): to θ_k, the weights after global step ``k``
-            of round 0 (late rewinding), with the LR schedule as it was at step k; ``"none"``: keep the trained
+            of round 0 (late rewinding), with the LR schedule as it was at step k; ``"epoch:E"``: likewise, at
+            the end of round 0's epoch E (e.g. ``"epoch:1"``, as in Yu et al. 2020); ``"none"``: keep the trained
             weights (prune and fine-tune); ``"reinit"``: a fresh random initialisation each round, drawn by
             constructing the LightningModule again from its ``hparams`` (random-reinit control).
         pruning: ``"magnitude"`` of the trained weights, or ``"random"``: the same per-tensor counts as
@@ -187,11 +201,7 @@ class LotteryTicketCallback(Callback):
         self.schedule = SparsitySchedule.build(amount, rounds, scope, layer_amounts)
         self.parameters = _patterns(parameters, "parameters")
         self.exclude = _patterns(exclude, "exclude") or ()
-        if isinstance(rewind, bool) or not (
-            rewind in _REWIND_WORDS or (isinstance(rewind, int) and not isinstance(rewind, bool) and rewind >= 0)
-        ):
-            raise ValueError(f"`rewind={rewind!r}` is not one of 'init', 'none', 'reinit' or a step k >= 0")
-        self.rewind: Rewind = "init" if rewind == 0 and not isinstance(rewind, str) else rewind
+        self.rewind, self._rewind_epoch = _parse_rewind(rewind)
         if pruning not in ("magnitude", "random"):
             raise ValueError(f"`pruning={pruning!r}` is not one of 'magnitude', 'random'")
         self.pruning = pruning
@@ -216,6 +226,7 @@ class LotteryTicketCallback(Callback):
         self._theta_k: State | None = None
         self._round_start: State | None = None  # what "none"/"reinit" rounds started from
         self._schedule_k: dict[str, Any] | None = None
+        self._theta_k_step: int | None = None
         self._rng_state: dict[str, Any] | None = None
         self._best: dict[str, Any] | None = None
         self._last_metrics: dict[str, float] = {}
@@ -253,9 +264,14 @@ class LotteryTicketCallback(Callback):
         or freshly drawn weights (θ₀ in round 0)."""
         if self.round == 0 or self.rewind == "init":
             return self._theta0
-        if isinstance(self.rewind, int):
+        if self.late_rewinding:
             return self._theta_k
         return self._round_start
+
+    @property
+    def late_rewinding(self) -> bool:
+        """Whether survivors go back to θ_k (a step or an epoch of round 0) rather than θ₀."""
+        return isinstance(self.rewind, int) or self._rewind_epoch is not None
 
     def ticket(self) -> Ticket:
         """The current ticket: this round's masks and the weights its survivors started from."""
@@ -266,6 +282,7 @@ class LotteryTicketCallback(Callback):
         extra = {
             "settings": self.settings(),
             "rewind_kind": self.rewind if self.round > 0 else "init",
+            "rewind_step": self._theta_k_step if self.late_rewinding and self.round > 0 else 0,
             "sparsity": sparsity,
             "remaining": remaining,
             "total": total,
@@ -344,8 +361,12 @@ class LotteryTicketCallback(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         k = self.rewind
         if isinstance(k, int) and self.round == 0 and self._theta_k is None and trainer.global_step >= k:
-            self._theta_k = dense_state(pl_module)
-            self._schedule_k = _relaunch.capture_schedule(trainer)
+            self._capture_theta_k(trainer, pl_module)
+
+    def _capture_theta_k(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._theta_k = dense_state(pl_module)
+        self._schedule_k = _relaunch.capture_schedule(trainer)
+        self._theta_k_step = trainer.global_step
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         if self._enforcer is not None:
@@ -360,6 +381,9 @@ class LotteryTicketCallback(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.enable_validation:
             self._observe(trainer)
+        epoch = self._rewind_epoch
+        if epoch is not None and self.round == 0 and self._theta_k is None and trainer.current_epoch + 1 >= epoch:
+            self._capture_theta_k(trainer, pl_module)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._release(trainer)
@@ -389,6 +413,7 @@ class LotteryTicketCallback(Callback):
             "theta_k": self._theta_k,
             "round_start": self._round_start,
             "schedule_k": self._schedule_k,
+            "theta_k_step": self._theta_k_step,
             "history": self.history,
             "best": self._best,
             "last_metrics": self._last_metrics,
@@ -417,6 +442,7 @@ class LotteryTicketCallback(Callback):
         self._theta_k = state_dict["theta_k"]
         self._round_start = state_dict["round_start"]
         self._schedule_k = state_dict["schedule_k"]
+        self._theta_k_step = state_dict["theta_k_step"]
         self.history = list(state_dict["history"])
         self._best = state_dict["best"]
         self._last_metrics = dict(state_dict["last_metrics"])
@@ -432,10 +458,11 @@ class LotteryTicketCallback(Callback):
         self._finish_round(trainer)
         if self.round >= self.rounds or _relaunch.search_interrupted(trainer):
             return False
-        if isinstance(self.rewind, int) and self._theta_k is None:
+        if self.late_rewinding and self._theta_k is None:
             raise RuntimeError(
-                f"rewind={self.rewind} cannot be honoured: round 0 stopped after {self.history[0]['steps']} "
-                "optimizer steps, before reaching that step (EarlyStopping?). Use a smaller rewind step."
+                f"rewind={self.rewind!r} cannot be honoured: round 0 stopped after {self.history[0]['steps']} "
+                f"optimizer steps ({self.history[0]['epochs']} epochs), before reaching that point "
+                "(EarlyStopping?). Rewind to an earlier point."
             )
         masks = trainer.strategy.broadcast(self._prune(), src=0)
         self._rewind_to(trainer, pl_module, masks)
@@ -465,7 +492,7 @@ class LotteryTicketCallback(Callback):
         elif self.rewind == "init":
             assert self._theta0 is not None
             load_dense_state(pl_module, self._theta0)
-        elif isinstance(self.rewind, int):
+        elif self.late_rewinding:
             assert self._theta_k is not None
             load_dense_state(pl_module, self._theta_k)
         install_masks(self._tensors, masks)
@@ -478,7 +505,7 @@ class LotteryTicketCallback(Callback):
         _relaunch.reset_loop_progress(trainer)
         _relaunch.reset_monitoring_callbacks(trainer)
         _relaunch.recreate_optimizers(trainer)
-        if isinstance(self.rewind, int) and self._schedule_k is not None:
+        if self.late_rewinding and self._schedule_k is not None:
             _relaunch.restore_schedule(trainer, self._schedule_k)
         self._activate_masks(trainer)
         assert self._rng_state is not None
@@ -586,9 +613,16 @@ class LotteryTicketCallback(Callback):
             del bar.get_metrics
 
     def _check_rewind_step(self, trainer: pl.Trainer) -> None:
-        k = self.rewind
-        if not isinstance(k, int) or self.round > 0 or self._theta_k is not None:
+        if not self.late_rewinding or self.round > 0 or self._theta_k is not None:
             return
+        epoch, max_epochs = self._rewind_epoch, trainer.max_epochs
+        if epoch is not None:
+            if max_epochs is not None and max_epochs >= 0 and epoch > max_epochs:
+                raise ValueError(
+                    f"`rewind={self.rewind!r}` is beyond round 0's length: it trains max_epochs={max_epochs} epochs"
+                )
+            return
+        k = self.rewind
         total = trainer.estimated_stepping_batches
         if math.isfinite(total) and k > total:
             raise ValueError(

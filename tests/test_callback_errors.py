@@ -30,6 +30,8 @@ from lightning_lottery._relaunch import check_strategy
         (dict(rewind="start"), ValueError, r"`rewind='start'` is not one of 'init', 'none', 'reinit'"),
         (dict(rewind=-5), ValueError, "rewind"),
         (dict(rewind=True), ValueError, "rewind"),
+        (dict(rewind="epoch:0"), ValueError, r"'epoch:E' \(E >= 1\)"),
+        (dict(rewind="epoch:x"), ValueError, "rewind"),
         (dict(pruning="l1"), ValueError, r"`pruning='l1'` is not one of 'magnitude', 'random'"),
         (dict(mode="best"), ValueError, r"`mode='best'` is not one of 'min', 'max'"),
         (dict(layer_amounts={"fc2.weight": 1.0}), ValueError, r"layer_amounts\['fc2.weight'\]=1.0"),
@@ -72,6 +74,14 @@ def test_rewind_step_beyond_round_zero_fails_before_training():
     _fit_must_fail(
         LotteryTicketCallback(rewind=500),
         message=r"`rewind=500` is beyond round 0's length: it trains 8 optimizer steps",
+        max_epochs=2,
+    )
+
+
+def test_rewind_epoch_beyond_round_zero_fails_before_training():
+    _fit_must_fail(
+        LotteryTicketCallback(rewind="epoch:3"),
+        message=r"`rewind='epoch:3'` is beyond round 0's length: it trains max_epochs=2 epochs",
         max_epochs=2,
     )
 

@@ -126,6 +126,17 @@ def test_rewind_to_step_k_restores_weights_and_schedule():
     assert recorder.start_lrs[0] == [0.1]
 
 
+def test_rewind_to_an_epoch_restores_the_weights_at_its_end():
+    recorder = Recorder(at_step=4)  # 4 batches per epoch: the end of epoch 1 is step 4
+    train, val = loaders()
+    lottery = LotteryTicketCallback(rounds=1, amount=0.3, rewind="epoch:1", monitor=None)
+    trainer(max_epochs=3, callbacks=[lottery, recorder]).fit(TinyNet(scheduler="step"), train, val)
+    for name, mask in lottery.masks.items():
+        assert torch.equal(recorder.starts[1][name], recorder.at_step_weights[name] * mask)
+    assert recorder.start_lrs[1] == [0.05]  # StepLR halved the LR at the end of epoch 1
+    assert lottery.ticket().metadata["rewind_step"] == 4
+
+
 def test_rewind_none_keeps_trained_weights():
     recorder = Recorder()
     train, val = loaders()
