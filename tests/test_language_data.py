@@ -151,8 +151,8 @@ def test_datamodule_loaders(tmp_path: Path) -> None:
     assert torch.equal(next(iter(test))[0], next(iter(dm_shuffled.test_dataloader()))[0])
 
 
-def test_max_tokens_truncates_every_split_and_the_vocabulary(tiny_root: Path) -> None:
-    dm = WikiText2DataModule(root=tiny_root, max_tokens=3, batch_size=1, eval_batch_size=1)
+def test_subset_truncates_every_split_and_the_vocabulary(tiny_root: Path) -> None:
+    dm = WikiText2DataModule(root=tiny_root, subset=3, batch_size=1, eval_batch_size=1)
     assert dm.corpus.train.tolist() == [0, 1, 2]
     assert dm.vocabulary.words == ["the", "cat", "sat", UNK]
     assert dm.corpus.valid.tolist() == [0, 3, 2]

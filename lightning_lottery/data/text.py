@@ -247,7 +247,7 @@ class WikiText2DataModule(pl.LightningDataModule):
         batch_size: training streams per batch.
         bptt: window length in tokens.
         eval_batch_size: streams for the validation and test splits.
-        max_tokens: keep only the first ``max_tokens`` tokens of each split (fast presets); the vocabulary is
+        subset: keep only the first ``subset`` tokens of each split (fast presets); the vocabulary is
             built from the truncated training text, so ``vocab_size`` shrinks too.
         eval_test: ``val_dataloader`` also returns the test split, so the test metrics at the
             validation-selected iteration are known.
@@ -262,7 +262,7 @@ class WikiText2DataModule(pl.LightningDataModule):
         batch_size: int = 30,
         bptt: int = 50,
         eval_batch_size: int = 10,
-        max_tokens: int | None = None,
+        subset: int | None = None,
         eval_test: bool = False,
         shuffle: bool = True,
         num_workers: int = 0,
@@ -274,7 +274,7 @@ class WikiText2DataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.bptt = bptt
         self.eval_batch_size = eval_batch_size
-        self.max_tokens = max_tokens
+        self.subset = subset
         self.eval_test = eval_test
         self.shuffle = shuffle
         self.num_workers = num_workers
@@ -295,7 +295,7 @@ class WikiText2DataModule(pl.LightningDataModule):
                     self.root,
                     f"{self.folder}/{{train,valid,test}}.txt or {self.folder}/wiki.{{train,valid,test}}.tokens",
                 )
-            self._corpus = load_corpus(self.directory, self.max_tokens)
+            self._corpus = load_corpus(self.directory, self.subset)
         return self._corpus
 
     @property

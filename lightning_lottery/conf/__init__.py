@@ -1,0 +1,1 @@
+"""Hydra configs of the lightning-lottery app (a package so Hydra finds them when installed)."""
