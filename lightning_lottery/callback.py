@@ -374,7 +374,10 @@ class LotteryTicketCallback(Callback):
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
-            self._check_monitor(trainer)
+            # With several validation loaders Lightning keeps the sanity check's metrics to itself: check then
+            # only if it shared some, else at the first real validation.
+            if trainer.callback_metrics:
+                self._check_monitor(trainer)
             return
         self._observe(trainer)
 

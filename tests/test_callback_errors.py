@@ -94,6 +94,14 @@ def test_monitor_never_logged_fails_in_the_sanity_check():
     )
 
 
+def test_two_validation_loaders_pass_the_sanity_check():
+    """Lightning shares no sanity-check metrics with two val loaders: that is no reason to fail."""
+    train, val = loaders()
+    lottery = LotteryTicketCallback(rounds=1, monitor="val_loss")
+    trainer(callbacks=[lottery], num_sanity_val_steps=2, max_epochs=1).fit(TinyNet(), train, [val, val])
+    assert lottery.history[-1]["best"] is not None
+
+
 def test_monitor_never_logged_fails_at_first_validation_without_sanity_check():
     model = TinyNet()
     train, val = loaders()
