@@ -1,0 +1,229 @@
+"""``ImageClassifier``: a LightningModule for the vision recipes, built from hyperparameters only.
+
+It knows nothing of pruning. Because the network is built inside ``__init__`` from ``arch`` /
+``arch_kwargs`` / ``init`` (all saved as hyperparameters), ``type(m)(**m.hparams)`` builds the same
+architecture with a fresh random initialisation, and ``load_from_checkpoint`` works without extra arguments.
+
+Logged metrics (``add_dataloader_idx=False``):
+
+* ``train_loss``: as ``self.log("train_loss", on_step=True, on_epoch=True)`` names it: ``train_loss_step`` and
+  ``train_loss_epoch`` (the exact per-example mean over the epoch; ``train_loss`` in ``callback_metrics``).
+  ``self.log`` costs a fraction of a millisecond per call, so the loss is summed on-device every step and
+  handed to Lightning only on the steps the logger writes (every ``log_every_n_steps``) and at the epoch's last
+  batch, as the mean over the steps since the previous hand-over, weighted by their example count. Lightning's
+  batch-size-weighted epoch mean then combines these exactly, and ``train_loss_step`` is the mean over the
+  logging window (with ``log_every_n_steps=1``: each step's loss, as usual);
+* ``val_loss``, ``val_acc``: on validation dataloader 0;
+* ``test_loss``, ``test_acc``: on validation dataloader 1 (a datamodule with ``eval_test=True`` passes the
+  test set there, so test accuracy is known at the validation-selected early-stop iteration) and in
+  ``test_step``.
+
+Epoch values are exact over the whole split: the loss is a batch-size-weighted mean and accuracy counts
+correct predictions (torchmetrics ``MulticlassAccuracy`` with ``average="micro"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities.types import OptimizerLRScheduler
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_lottery.models.vision import INIT_SCHEMES, build_model, output_parameter
+
+__all__ = ["OPTIMIZERS", "ImageClassifier", "WarmupMultiStep"]
+
+OPTIMIZERS = ("adam", "sgd", "adagrad")
+
+
+class WarmupMultiStep:
+    """LR multiplier at optimizer step ``s`` (0-based): ``min(1, s / warmup_steps) * gamma ** k``, where ``k``
+    is the number of ``milestones <= s``.
+
+    Linear warmup from 0 (step 0 trains at LR 0, as in open_lth's warmup) and step drops at the milestones, in
+    one function so both compose in a single ``LambdaLR`` stepped every optimizer step. A callable object
+    rather than a closure, so ``LambdaLR.state_dict()`` stores its settings.
+    """
+
+    def __init__(self, warmup_steps: int = 0, milestones: Sequence[int] = (), gamma: float = 0.1) -> None:
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        milestones = [int(m) for m in milestones]
+        if any(m < 0 for m in milestones) or milestones != sorted(milestones):
+            raise ValueError(f"milestones must be increasing optimizer-step indices >= 0, got {milestones}")
+        if gamma <= 0:
+            raise ValueError(f"gamma must be > 0, got {gamma}")
+        self.warmup_steps = int(warmup_steps)
+        self.milestones = milestones
+        self.gamma = float(gamma)
+
+    def __call__(self, step: int) -> float:
+        factor = min(1.0, step / self.warmup_steps) if self.warmup_steps else 1.0
+        drops = sum(1 for m in self.milestones if m <= step)
+        return factor * self.gamma**drops
+
+    def __repr__(self) -> str:
+        return f"WarmupMultiStep(warmup_steps={self.warmup_steps}, milestones={self.milestones}, gamma={self.gamma})"
+
+
+class _LossSum:
+    """Sum of per-example losses and their count since the last flush, kept on-device (no host sync)."""
+
+    def __init__(self) -> None:
+        self.total: Tensor | None = None
+        self.count = 0
+
+    def add(self, mean_loss: Tensor, count: int) -> None:
+        self.total = mean_loss * count if self.total is None else self.total.add_(mean_loss, alpha=count)
+        self.count += count
+
+    def pop(self) -> tuple[Tensor, int]:
+        """(mean, count) of what was added since the last pop."""
+        if self.total is None or not self.count:
+            raise RuntimeError("nothing to pop: add() a loss first")
+        mean, count = self.total / self.count, self.count
+        self.total, self.count = None, 0
+        return mean, count
+
+
+class ImageClassifier(pl.LightningModule):
+    """Cross-entropy image classification around a network from :func:`~lightning_lottery.models.vision.build_model`.
+
+    Args:
+        arch: registered network name (``"lenet300"``, ``"lenet5"``, ``"conv2"``, ``"conv4"``, ``"conv6"``,
+            ``"vgg19"``, ``"resnet20"``, ``"resnet18"``).
+        arch_kwargs: constructor arguments of the network, e.g. ``{"num_classes": 5, "dropout": 0.5}``.
+        init: ``"glorot_normal"`` (the papers' Gaussian Glorot), ``"kaiming_normal"`` or ``"default"``.
+        optimizer: ``"adam"``, ``"sgd"`` or ``"adagrad"``.
+        lr: base learning rate.
+        momentum: SGD momentum (ignored by Adam/Adagrad).
+        weight_decay: L2 penalty added by the optimizer (to all parameters).
+        nesterov: Nesterov momentum for SGD.
+        warmup_steps: linear LR warmup from 0 over this many optimizer steps.
+        milestones: optimizer-step indices at which the LR is multiplied by ``gamma`` (e.g. ``[20000, 25000]``).
+        gamma: LR multiplier at each milestone.
+
+    The network is the submodule ``model``, so parameter names are ``model.<layer>.weight``; the output
+    layer's is :attr:`output_parameter` (e.g. ``"model.fc3.weight"``).
+    """
+
+    def __init__(
+        self,
+        arch: str = "lenet300",
+        arch_kwargs: Mapping[str, Any] | None = None,
+        init: str = "glorot_normal",
+        optimizer: str = "adam",
+        lr: float = 1.2e-3,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        warmup_steps: int = 0,
+        milestones: Sequence[int] = (),
+        gamma: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"Unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if init not in INIT_SCHEMES:
+            raise ValueError(f"Unknown init scheme {init!r}; valid: {', '.join(INIT_SCHEMES)}")
+        if lr <= 0 or weight_decay < 0:
+            raise ValueError(f"lr must be > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
+        self.schedule = WarmupMultiStep(warmup_steps, milestones, gamma)  # validates now, not at fit time
+        self.model: nn.Module = build_model(arch, init=init, **dict(arch_kwargs or {}))
+        num_classes = int(self.model.num_classes)
+        # One accumulator per split: validation-time test metrics and test_step must not share state.
+        self.val_accuracy = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.val_test_accuracy = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.test_accuracy = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self._train_loss = _LossSum()
+
+    @property
+    def output_parameter(self) -> str:
+        """Name of the output layer's weight in this module, e.g. ``"model.fc3.weight"``."""
+        return output_parameter(self.model, prefix="model.")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def on_train_epoch_start(self) -> None:
+        self._train_loss = _LossSum()
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.model(x), y)
+        self._train_loss.add(loss.detach(), y.shape[0])
+        if self._logger_writes_this_step() or self._last_step_of_epoch():
+            mean, count = self._train_loss.pop()
+            self.log("train_loss", mean, on_step=True, on_epoch=True, prog_bar=True, batch_size=count, sync_dist=True)
+        return loss
+
+    def _logger_writes_this_step(self) -> bool:
+        trainer = self._trainer
+        if trainer is None:
+            return False
+        connector = getattr(trainer, "_logger_connector", None)  # Lightning's own every-n-steps decision
+        if connector is not None:
+            return bool(connector.should_update_logs)
+        every = trainer.log_every_n_steps
+        return every > 0 and (self.global_step + 1) % every == 0
+
+    def _last_step_of_epoch(self) -> bool:
+        """Last batch of the epoch, or within the last optimizer step of ``max_steps``: hand over the rest of
+        the epoch here, in ``training_step``, so callbacks see the whole epoch in ``on_train_epoch_end``."""
+        trainer = self._trainer
+        if trainer is None:
+            return False
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return True
+        return 0 <= trainer.max_steps <= self.global_step + 1
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], prefix: str, accuracy: MulticlassAccuracy) -> None:
+        x, y = batch
+        logits = self.model(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        accuracy.update(logits, y)
+        # batch_size weights the epoch mean, so a smaller last batch does not skew it.
+        self.log(f"{prefix}_loss", loss, batch_size=y.shape[0], add_dataloader_idx=False, sync_dist=True)
+        self.log(f"{prefix}_acc", accuracy, add_dataloader_idx=False)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if dataloader_idx == 0:
+            self._evaluate(batch, "val", self.val_accuracy)
+        elif dataloader_idx == 1:
+            self._evaluate(batch, "test", self.val_test_accuracy)
+        else:
+            raise ValueError(
+                f"ImageClassifier expects at most 2 validation dataloaders (val, test), got #{dataloader_idx}"
+            )
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, "test", self.test_accuracy)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self.model(x)
+
+    def configure_optimizers(self) -> OptimizerLRScheduler:
+        """A fresh optimizer (and LambdaLR stepped per optimizer step, if any schedule) on every call."""
+        hp = self.hparams
+        params = self.parameters()
+        optimizer: torch.optim.Optimizer
+        if hp.optimizer == "adam":
+            optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        elif hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(
+                params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, nesterov=hp.nesterov
+            )
+        else:
+            optimizer = torch.optim.Adagrad(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        if not self.schedule.warmup_steps and not self.schedule.milestones:
+            return optimizer  # no scheduler: nothing to step after every optimizer step
+        schedule = WarmupMultiStep(self.schedule.warmup_steps, self.schedule.milestones, self.schedule.gamma)
+        scheduler = LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
