@@ -31,7 +31,7 @@ def make_trainer(**kwargs: Any) -> pl.Trainer:
 
 
 def small_data(**kwargs: Any) -> SyntheticImageDataModule:
-    args = {"num_train": 128, "num_val": 70, "num_test": 50, "batch_size": 32, "eval_batch_size": 32, "signal": 0.2}
+    args = {"num_train": 128, "val_size": 70, "num_test": 50, "batch_size": 32, "eval_batch_size": 32, "signal": 0.2}
     return SyntheticImageDataModule(**{**args, **kwargs})
 
 

@@ -59,7 +59,7 @@ def first_batch(loader) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_synthetic_end_to_end() -> None:
-    dm = SyntheticImageDataModule(num_train=100, num_val=30, num_test=20, image_shape=(3, 8, 8), num_classes=4)
+    dm = SyntheticImageDataModule(num_train=100, val_size=30, num_test=20, image_shape=(3, 8, 8), num_classes=4)
     dm.setup("fit")
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (100, 30, 20)
     assert (dm.num_classes, dm.in_channels, dm.image_size, dm.input_shape) == (4, 3, 8, (3, 8, 8))
@@ -76,9 +76,9 @@ def test_synthetic_end_to_end() -> None:
 
 
 def test_synthetic_is_deterministic_and_rebuildable_from_hparams() -> None:
-    a = SyntheticImageDataModule(num_train=40, num_val=10, num_test=10, seed=3)
+    a = SyntheticImageDataModule(num_train=40, val_size=10, num_test=10, seed=3)
     b = type(a)(**a.hparams)
-    c = SyntheticImageDataModule(num_train=40, num_val=10, num_test=10, seed=4)
+    c = SyntheticImageDataModule(num_train=40, val_size=10, num_test=10, seed=4)
     for dm in (a, b, c):
         dm.setup()
     assert torch.equal(a.train_set.images, b.train_set.images) and torch.equal(a.test_set.labels, b.test_set.labels)
@@ -86,8 +86,8 @@ def test_synthetic_is_deterministic_and_rebuildable_from_hparams() -> None:
 
 
 def test_eval_test_switches_the_validation_loaders() -> None:
-    on = SyntheticImageDataModule(num_train=20, num_val=10, num_test=10)
-    off = SyntheticImageDataModule(num_train=20, num_val=10, num_test=10, eval_test=False)
+    on = SyntheticImageDataModule(num_train=20, val_size=10, num_test=10)
+    off = SyntheticImageDataModule(num_train=20, val_size=10, num_test=10, eval_test=False)
     for dm in (on, off):
         dm.setup()
     assert isinstance(on.val_dataloader(), list) and len(on.val_dataloader()) == 2
@@ -96,7 +96,7 @@ def test_eval_test_switches_the_validation_loaders() -> None:
 
 
 def test_train_order_follows_the_global_rng() -> None:
-    dm = SyntheticImageDataModule(num_train=50, num_val=10, num_test=10, batch_size=50)
+    dm = SyntheticImageDataModule(num_train=50, val_size=10, num_test=10, batch_size=50)
     dm.setup()
     torch.manual_seed(0)
     a = first_batch(dm.train_dataloader())[1]
@@ -130,7 +130,7 @@ def test_random_crop_flip_is_a_padded_crop_or_its_mirror() -> None:
 
 
 def test_augment_applies_to_training_batches_only() -> None:
-    kwargs = {"num_train": 64, "num_val": 16, "num_test": 16, "image_shape": (3, 8, 8), "batch_size": 64}
+    kwargs = {"num_train": 64, "val_size": 16, "num_test": 16, "image_shape": (3, 8, 8), "batch_size": 64}
     plain, augmented = SyntheticImageDataModule(**kwargs), SyntheticImageDataModule(augment=True, **kwargs)
     for dm in (plain, augmented):
         dm.setup()
@@ -212,7 +212,7 @@ def test_invalid_arguments_are_refused() -> None:
 
 
 def test_no_validation_split_gives_no_validation_loader() -> None:
-    dm = SyntheticImageDataModule(num_train=20, num_val=0, num_test=10)
+    dm = SyntheticImageDataModule(num_train=20, val_size=0, num_test=10)
     dm.setup()
     assert dm.val_dataloader() == [] and len(dm.train_set) == 20
 

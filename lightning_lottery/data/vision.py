@@ -546,31 +546,25 @@ class SyntheticImageDataModule(ImageDataModule):
     def __init__(
         self,
         num_train: int = 512,
-        num_val: int = 128,
         num_test: int = 128,
         image_shape: Sequence[int] = (1, 28, 28),
         num_classes: int = 10,
-        seed: int = 0,
-        batch_size: int = 64,
-        eval_test: bool = True,
         signal: float = 0.5,
-        augment: bool = False,
-        eval_batch_size: int = 500,
+        val_size: int = 128,
+        batch_size: int = 64,
+        **options: Any,
     ) -> None:
+        """``options`` are those of :class:`ImageDataModule` (``subset``, ``classes``, ``resize``, ...), so this
+        module can stand in for MNIST or CIFAR-10 under any recipe; ``root`` and ``download`` are ignored."""
         c, h, w = (int(v) for v in image_shape)
         if h != w:
             raise ValueError(f"images must be square, got image_shape={tuple(image_shape)}")
         # Shape attributes are per instance here; the base class reads them as class attributes.
         self.native_channels, self.native_size, self.native_classes = c, h, num_classes
-        super().__init__(
-            batch_size=batch_size,
-            val_size=num_val,
-            seed=seed,
-            eval_test=eval_test,
-            augment=augment,
-            eval_batch_size=eval_batch_size,
-            download=False,
-        )
+        options.pop("root", None)
+        options.pop("download", None)
+        options.setdefault("eval_batch_size", 500)
+        super().__init__(batch_size=batch_size, val_size=val_size, download=False, **options)
         self.save_hyperparameters()
         self.num_train, self.num_test, self.signal = num_train, num_test, signal
 
