@@ -160,3 +160,30 @@ def test_paper_schedule_values():
     assert cumulative_sparsity(0.2, 3) == pytest.approx(0.488)
     assert cumulative_sparsity((0.2, 0.52, 0.8), 2) == 0.52
     assert pruned_count(1000, 0.488) == 488
+
+
+@pytest.mark.parametrize("case", ["gaussian", "ties", "scales", "quantized"])
+def test_global_selection_on_large_tensors_matches_a_full_sort(case):
+    """Past 2^20 weights the threshold is bracketed from a sample: the result must still be exact."""
+    g = torch.Generator().manual_seed(1)
+    sizes = [(700, 900), (512, 1024), (1, 77)]
+    weights = {f"t{i}": torch.randn(*s, generator=g) for i, s in enumerate(sizes)}
+    if case == "ties":
+        weights["t0"][:, :300] = 0.25  # a block of equal magnitudes right at the threshold region
+    elif case == "scales":
+        weights["t0"] *= 1e-3  # one tensor far below the others (the sample barely sees its values)
+        weights["t1"][::2] = 0.0
+    elif case == "quantized":
+        weights = {n: (w * 4).round() / 4 for n, w in weights.items()}  # few distinct values: massive ties
+    masks = {n: torch.rand(w.shape, generator=g) > 0.1 for n, w in weights.items()}
+    total_alive = sum(int(m.sum()) for m in masks.values())
+    keep = int(total_alive * 0.37)
+    from lightning_lottery.core import PruneGroup
+
+    out = magnitude_masks(weights, masks, [PruneGroup(tuple(weights), keep)])
+    assert sum(counts(out).values()) == keep
+    assert all(not (out[n] & ~masks[n]).any() for n in out)
+    kept = torch.cat([weights[n].abs()[out[n]] for n in out])
+    dropped = torch.cat([weights[n].abs()[masks[n] & ~out[n]] for n in out])
+    reference = torch.cat([weights[n].abs()[masks[n]] for n in out]).sort(descending=True).values[keep - 1]
+    assert kept.min() == reference and dropped.max() <= reference

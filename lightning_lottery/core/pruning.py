@@ -16,31 +16,78 @@ from lightning_lottery.core.schedule import PruneGroup
 Masks = dict[str, Tensor]
 
 
-def _select_largest(scores: Sequence[Tensor], alive: Sequence[Tensor], keep: int) -> list[Tensor]:
-    """Keep exactly ``keep`` alive entries with the largest scores, across all tensors together.
+_SAMPLE = 1 << 18  # magnitudes sampled to bracket the threshold
+
+
+def _scores(weight: Tensor, alive: Tensor, fully_alive: bool) -> Tensor:
+    """|w| with pruned entries at -1, below every magnitude (skipped when nothing is pruned yet)."""
+    return weight.abs() if fully_alive else torch.where(alive, weight.abs(), -1.0)
+
+
+def _bracket(sample: Tensor, fraction_kept: float, widen: int) -> tuple[float, float]:
+    """Scores between which the threshold very probably lies; each retry widens the bracket 4x."""
+    n = sample.numel()
+    if widen >= 3 or n == 0:
+        return -1.0, float("inf")
+    margin = (4.0 / n**0.5 + 1e-3) * 4**widen
+    lo_rank = int((1.0 - fraction_kept - margin) * n)
+    hi_rank = int((1.0 - fraction_kept + margin) * n)
+    lo = -1.0 if lo_rank < 1 else float(torch.kthvalue(sample, lo_rank).values)
+    hi = float("inf") if hi_rank > n else float(torch.kthvalue(sample, max(hi_rank, 1)).values)
+    return lo, hi
+
+
+def _threshold(weights: Sequence[Tensor], alive: Sequence[Tensor], full: Sequence[bool], keep: int) -> float:
+    """The ``keep``-th largest alive |w|, found without concatenating all scores: a strided sample brackets it,
+    one pass counts what lies above the bracket and gathers what lies inside (about 1% of the weights)."""
+    total = sum(w.numel() for w in weights)
+    available = sum(int(a.count_nonzero()) for a in alive)
+    stride = max(1, total // _SAMPLE)
+    sample = torch.cat(
+        [
+            _scores(w.flatten()[::stride], a.flatten()[::stride], f).float().cpu()
+            for w, a, f in zip(weights, alive, full)
+        ]
+    )
+    sample = sample[sample >= 0]
+    for widen in range(4):
+        lo, hi = _bracket(sample, keep / available, widen)
+        above, candidates = 0, []
+        for w, a, f in zip(weights, alive, full):
+            s = _scores(w, a, f)
+            above += int((s > hi).count_nonzero())
+            candidates.append(s[(s > lo) & (s <= hi)].float().cpu())
+        inside = torch.cat(candidates)
+        need = keep - above
+        if 0 < need <= inside.numel():
+            return float(torch.kthvalue(inside, inside.numel() - need + 1).values)
+        if need == 0:
+            return hi
+    raise AssertionError("unreachable: the last bracket spans every score")
+
+
+def _select_largest(weights: Sequence[Tensor], alive: Sequence[Tensor], keep: int) -> list[Tensor]:
+    """Keep exactly ``keep`` alive entries with the largest magnitudes, across all tensors together.
 
     Ties at the threshold are broken by position (first tensor first, then flat index), so the result is
-    deterministic.
+    deterministic. Memory: one tensor's scores at a time, never a copy of all of them.
     """
-    available = sum(int(a.sum()) for a in alive)
-    if keep >= available:
+    alive_counts = [int(a.count_nonzero()) for a in alive]
+    if keep >= sum(alive_counts):
         return [a.clone() for a in alive]
     if keep <= 0:
         return [torch.zeros_like(a) for a in alive]
-    # Dead entries score -1, below every magnitude, so they are never chosen while keep <= available.
-    flat = torch.cat([torch.where(a, s, -1.0).flatten() for s, a in zip(scores, alive)])
-    threshold = torch.kthvalue(flat, flat.numel() - keep + 1).values
-    above = flat > threshold
-    missing = keep - int(above.sum())
-    if missing > 0:
-        ties = (flat == threshold).nonzero().squeeze(1)[:missing]
-        above[ties] = True
-    del flat
-    out, offset = [], 0
-    for a in alive:
-        out.append(above[offset : offset + a.numel()].view_as(a))
-        offset += a.numel()
-    return out
+    full = [count == a.numel() for count, a in zip(alive_counts, alive)]
+    threshold = _threshold(weights, alive, full, keep)
+    kept = [_scores(w, a, f) > threshold for w, a, f in zip(weights, alive, full)]
+    missing = keep - sum(int(k.count_nonzero()) for k in kept)
+    for k, w, a, f in zip(kept, weights, alive, full):
+        if missing <= 0:
+            break
+        ties = (_scores(w, a, f) == threshold).flatten().nonzero().squeeze(1)[:missing]
+        k.view(-1)[ties] = True
+        missing -= ties.numel()
+    return kept
 
 
 def magnitude_masks(weights: Mapping[str, Tensor], masks: Mapping[str, Tensor], groups: Sequence[PruneGroup]) -> Masks:
@@ -53,9 +100,9 @@ def magnitude_masks(weights: Mapping[str, Tensor], masks: Mapping[str, Tensor], 
     """
     new: Masks = {}
     for group in groups:
-        scores = [weights[n].detach().abs().float() for n in group.names]
-        alive = [masks[n].to(device=s.device, dtype=torch.bool) for n, s in zip(group.names, scores)]
-        for name, kept in zip(group.names, _select_largest(scores, alive, group.keep)):
+        values = [weights[n].detach() for n in group.names]
+        alive = [masks[n].to(device=w.device, dtype=torch.bool) for n, w in zip(group.names, values)]
+        for name, kept in zip(group.names, _select_largest(values, alive, group.keep)):
             new[name] = kept
     return new
 
