@@ -57,26 +57,40 @@ def _keep_position(module: nn.Module, before: list[str], old: str, new: str) -> 
     params.update(reordered)
 
 
-def _install_site(module: nn.Module, attr: str, mask: Tensor, shared: Tensor | None) -> Tensor:
-    """Mask ``module.<attr>`` with ``mask`` (intersected with any mask it already has); returns the buffer."""
+def _new_reparametrisation(module: nn.Module, attr: str, mask: Tensor) -> Tensor:
+    """What ``BasePruningMethod.apply`` sets up (``<attr>_orig``, ``<attr>_mask``, the forward pre-hook), without
+    its all-ones mask and product copies; ``prune.is_pruned`` and ``prune.remove`` work on it as usual."""
+    before = list(module._parameters)
+    orig = module._parameters.pop(attr)
+    module.register_parameter(attr + "_orig", orig)
+    _keep_position(module, before, attr, attr + "_orig")
+    buffer = mask.to(device=orig.device, dtype=orig.dtype)
+    module.register_buffer(attr + "_mask", buffer)
+    hook = LotteryMask(buffer)
+    hook._tensor_name = attr
+    module.register_forward_pre_hook(hook)
+    return buffer
+
+
+def _install_site(module: nn.Module, attr: str, mask: Tensor, shared: Tensor | None, replace: bool) -> Tensor:
+    """Mask ``module.<attr>`` with ``mask`` (intersected with any mask it already has, unless ``replace``);
+    returns the buffer."""
     hook = pruning_hook(module, attr)
-    if isinstance(hook, LotteryMask):
-        buffer = getattr(module, attr + "_mask")
-        buffer.mul_(mask.to(device=buffer.device, dtype=buffer.dtype))
-    elif hook is not None:
-        # Pruned by another method (or a container of several): keep its buffers, take over its hook.
-        buffer = getattr(module, attr + "_mask")
-        buffer.mul_(mask.to(device=buffer.device, dtype=buffer.dtype))
-        for key, value in list(module._forward_pre_hooks.items()):
-            if value is hook:
-                ours = LotteryMask(buffer)
-                ours._tensor_name = attr
-                module._forward_pre_hooks[key] = ours
+    if hook is None:
+        buffer = _new_reparametrisation(module, attr, mask)
     else:
-        before = list(module._parameters)
-        LotteryMask.apply(module, attr, mask=mask)
-        _keep_position(module, before, attr, attr + "_orig")
         buffer = getattr(module, attr + "_mask")
+        if replace:
+            buffer.copy_(mask)
+        else:
+            buffer.mul_(mask.to(device=buffer.device))  # in place: float mask times bool mask
+        if not isinstance(hook, LotteryMask):
+            # Pruned by another method (or a container of several): keep its buffers, take over its hook.
+            for key, value in list(module._forward_pre_hooks.items()):
+                if value is hook:
+                    ours = LotteryMask(buffer)
+                    ours._tensor_name = attr
+                    module._forward_pre_hooks[key] = ours
     if shared is not None and buffer is not shared:
         # Tied weights: every site reads the one mask tensor.
         module._buffers[attr + "_mask"] = shared
@@ -84,9 +98,11 @@ def _install_site(module: nn.Module, attr: str, mask: Tensor, shared: Tensor | N
     hook = pruning_hook(module, attr)
     assert isinstance(hook, LotteryMask)
     hook.mask = buffer
+    orig = getattr(module, attr + "_orig")
     with torch.no_grad():
-        getattr(module, attr + "_orig").mul_(buffer)
-    _refresh(module, hook)
+        orig.mul_(buffer)
+    # orig is zero where masked right now, so a view of it is exactly orig * mask (and costs no copy).
+    setattr(module, attr, orig.view_as(orig))
     return buffer
 
 
@@ -97,16 +113,17 @@ def _refresh(module: nn.Module, hook: LotteryMask) -> None:
     setattr(module, hook._tensor_name, hook.apply_mask(module))
 
 
-def install_masks(tensors: Mapping[str, PrunableTensor], masks: Mapping[str, Tensor]) -> None:
+def install_masks(tensors: Mapping[str, PrunableTensor], masks: Mapping[str, Tensor], replace: bool = False) -> None:
     """Install (or shrink to) ``masks`` on the model holding ``tensors``.
 
-    Masks only shrink: an existing mask is intersected with the new one. Weights at masked positions are set
-    to zero in ``<name>_orig``, so the model stays correct with or without an enforcer.
+    Masks only shrink: an existing mask is intersected with the new one, unless ``replace`` (controls whose
+    masks are not nested, e.g. a fresh random mask per round). Weights at masked positions are set to zero in
+    ``<name>_orig``, so the model stays correct with or without an enforcer.
     """
     for name, mask in masks.items():
         shared = None
         for module, attr in tensors[name].sites:
-            shared = _install_site(module, attr, mask.bool(), shared)
+            shared = _install_site(module, attr, mask.bool(), shared, replace)
 
 
 def current_masks(tensors: Mapping[str, PrunableTensor]) -> dict[str, Tensor]:

@@ -12,7 +12,7 @@ from lightning_lottery.core.selection import pruning_hook
 State = dict[str, Tensor]
 
 
-def _canonical_entries(model: nn.Module) -> dict[str, Tensor]:
+def canonical_tensors(model: nn.Module) -> dict[str, Tensor]:
     """Live tensors of ``model.state_dict()``, keyed by their unpruned names, masks left out."""
     entries: dict[str, Tensor] = {}
     for module_name, module in model.named_modules():
@@ -37,12 +37,12 @@ def dense_state(model: nn.Module) -> State:
 
     For a pruned tensor the copy holds ``<name>_orig`` (the values under the mask included).
     """
-    return {name: t.detach().to("cpu", copy=True) for name, t in _canonical_entries(model).items()}
+    return {name: t.detach().to("cpu", copy=True) for name, t in canonical_tensors(model).items()}
 
 
 def state_mismatches(model: nn.Module, state: Mapping[str, Tensor]) -> list[str]:
     """Every difference in names and shapes between ``state`` and the model's unpruned state."""
-    entries = _canonical_entries(model)
+    entries = canonical_tensors(model)
     problems = []
     if missing := sorted(set(entries) - set(state)):
         problems.append(f"missing {missing}")
@@ -67,5 +67,5 @@ def load_dense_state(model: nn.Module, state: Mapping[str, Tensor]) -> None:
     """
     if problems := state_mismatches(model, state):
         raise KeyError("Snapshot does not fit the model: " + "; ".join(problems))
-    for name, target in _canonical_entries(model).items():
+    for name, target in canonical_tensors(model).items():
         target.copy_(state[name].to(device=target.device, dtype=target.dtype))
