@@ -6,6 +6,7 @@ import hashlib
 import math
 import os
 import random
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -29,15 +30,14 @@ from lightning_lottery.core import (
     current_masks,
     dense_state,
     install_masks,
-    load_dense_state,
-    magnitude_masks,
-    random_masks,
     remove_masks,
     select_prunable,
 )
 from lightning_lottery.core.reparam import lottery_hooks
+from lightning_lottery.core.rounds import next_masks, rewind
 from lightning_lottery.core.snapshot import state_mismatches
 from lightning_lottery.ticket import Ticket, atomic_write_csv, atomic_write_json, ticket_metadata
+from lightning_lottery.transfer import TicketSequence
 
 Rewind = Literal["init", "none", "reinit"] | int | str
 _REWIND_WORDS = ("init", "none", "reinit")
@@ -57,6 +57,7 @@ def _parse_rewind(rewind: Any) -> tuple[Rewind, int | None]:
 _STATE_VERSION = 1
 # Settings that define a search: resuming with different values would mix two searches.
 _FIXED_SETTINGS = (
+    "transfer",
     "amount",
     "scope",
     "layer_amounts",
@@ -162,6 +163,9 @@ class LotteryTicketCallback(Callback):
             ``history.json``); default ``<trainer.log_dir>/lottery``. Written by rank zero, atomically.
         save_tickets: write those artifacts.
         verbose: print one line per round.
+        tickets: transfer instead of search: round r trains ticket r of a :class:`~lightning_lottery.transfer.
+            TicketSequence` (masks and weights from a source search, or its random controls); ``rounds``,
+            ``amount``, ``scope``, ``pruning`` and ``rewind`` are then not used.
 
     Example::
 
@@ -193,6 +197,7 @@ class LotteryTicketCallback(Callback):
         dirpath: str | os.PathLike[str] | None = None,
         save_tickets: bool = True,
         verbose: bool = True,
+        tickets: TicketSequence | None = None,
     ) -> None:
         super().__init__()
         if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
@@ -217,6 +222,11 @@ class LotteryTicketCallback(Callback):
         self.dirpath = Path(dirpath) if dirpath is not None else None
         self.save_tickets = save_tickets
         self.verbose = verbose
+        if tickets is not None and not isinstance(tickets, TicketSequence):
+            raise TypeError(f"`tickets` must be a TicketSequence, got {type(tickets).__name__}")
+        self.tickets = tickets
+        if tickets is not None:
+            self.rounds = len(tickets) - 1
 
         self.history: list[dict[str, Any]] = []
         self.round = 0
@@ -233,6 +243,7 @@ class LotteryTicketCallback(Callback):
         self._curve: list[dict[str, float]] = []  # this round's metrics at every validation
         self._steps_done = 0
         self._monitor_checked = False
+        self._round_clock = time.monotonic()
         self._rng_resume: dict[str, Any] | None = None
         self._enforcer: MaskEnforcer | None = None
         self._optimizer_hooks: list[Any] = []
@@ -262,11 +273,18 @@ class LotteryTicketCallback(Callback):
     def rewind_weights(self) -> State | None:
         """The weights the current round started from: θ₀, θ_k, or for ``"none"``/``"reinit"`` the trained
         or freshly drawn weights (θ₀ in round 0)."""
+        if self.tickets is not None:
+            return self._round_start
         if self.round == 0 or self.rewind == "init":
             return self._theta0
         if self.late_rewinding:
             return self._theta_k
         return self._round_start
+
+    def _rewind_kind(self) -> Any:
+        if self.tickets is not None:
+            return f"transfer:{self.tickets.variant}"
+        return self.rewind if self.round > 0 else "init"
 
     @property
     def late_rewinding(self) -> bool:
@@ -281,7 +299,7 @@ class LotteryTicketCallback(Callback):
         record = next((r for r in self.history if r["round"] == self.round), None)
         extra = {
             "settings": self.settings(),
-            "rewind_kind": self.rewind if self.round > 0 else "init",
+            "rewind_kind": self._rewind_kind(),
             "rewind_step": self._theta_k_step if self.late_rewinding and self.round > 0 else 0,
             "sparsity": sparsity,
             "remaining": remaining,
@@ -307,6 +325,7 @@ class LotteryTicketCallback(Callback):
             "monitor": self.monitor,
             "mode": self.mode,
             "seed": self.seed,
+            "transfer": self.tickets.settings() if self.tickets is not None else None,
         }
 
     def sparsity(self) -> tuple[float, int, int, dict[str, float]]:
@@ -329,8 +348,13 @@ class LotteryTicketCallback(Callback):
         if trainer.ckpt_path is not None and any(True for _ in lottery_hooks(pl_module)):
             # Checkpoints hold dense weights (see on_save_checkpoint); masks come back from this callback's state.
             remove_masks(pl_module)
-        self._tensors = select_prunable(pl_module, self.parameters, self.exclude)
-        self.schedule.check_names(list(self._tensors))
+        if self.tickets is not None:
+            fresh = self.tickets.check(pl_module)  # another architecture is refused here, before training
+            masked = [n for n in self.tickets.tickets[0].masks if n not in fresh]
+            self._tensors = select_prunable(pl_module, parameters=masked)
+        else:
+            self._tensors = select_prunable(pl_module, self.parameters, self.exclude)
+            self.schedule.check_names(list(self._tensors))
         self._model_class = f"{type(pl_module).__module__}.{type(pl_module).__qualname__}"
         log_dir = trainer.log_dir  # a collective call under DDP: every rank asks
         if self.dirpath is None:
@@ -344,12 +368,14 @@ class LotteryTicketCallback(Callback):
             self._rng_resume = None
         if self.seed is None:
             self.seed = random.SystemRandom().randrange(2**31)
+        if self._theta0 is None:
+            self._theta0 = dense_state(pl_module)
+        if self._masks is None and self.tickets is not None:
+            self._rewind_to(trainer, pl_module, self.tickets.masks(0, pl_module), round_index=0)
         if self._masks is None:
             self._masks = {n: m.cpu() for n, m in current_masks(self._tensors).items()}
         if not all(bool(m.all()) for m in self._masks.values()):
             install_masks(self._tensors, self._masks)
-        if self._theta0 is None:
-            self._theta0 = dense_state(pl_module)
         if self._rng_state is None:
             self._rng_state = _rng_to_state(_collect_rng_states(include_cuda=torch.cuda.is_available()))
         self._check_rewind_step(trainer)
@@ -357,6 +383,7 @@ class LotteryTicketCallback(Callback):
         _relaunch.wrap_fit_loop(trainer, lambda: self._next_round(trainer, pl_module))
         self._wrap_progress_bar(trainer)
         self._announce(trainer)
+        self._round_clock = time.monotonic()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         k = self.rewind
@@ -467,38 +494,43 @@ class LotteryTicketCallback(Callback):
                 f"optimizer steps ({self.history[0]['epochs']} epochs), before reaching that point "
                 "(EarlyStopping?). Rewind to an earlier point."
             )
-        masks = trainer.strategy.broadcast(self._prune(), src=0)
-        self._rewind_to(trainer, pl_module, masks)
+        masks = trainer.strategy.broadcast(self._prune(pl_module), src=0)
+        self._rewind_to(trainer, pl_module, masks, round_index=self.round + 1)
         self.round += 1
         self._best = None
         self._last_metrics = {}
         self._curve = []
         self._relaunch(trainer)
         self._announce(trainer)
+        self._round_clock = time.monotonic()
         return True
 
-    def _prune(self) -> dict[str, Tensor]:
+    def _prune(self, pl_module: pl.LightningModule) -> dict[str, Tensor]:
+        if self.tickets is not None:
+            return self.tickets.masks(self.round + 1, pl_module)
         assert self._masks is not None
-        weights = {n: t.tensor.detach() for n, t in self._tensors.items()}
-        sizes = {n: w.numel() for n, w in weights.items()}
-        groups = self.schedule.groups(sizes, self.round + 1)
-        new = magnitude_masks(weights, self._masks, groups)
-        if self.pruning == "random":
-            generator = torch.Generator().manual_seed(derive_seed(self.seed, self.round + 1, 1))
-            new = random_masks(self._masks, counts(new), generator)
-        return {n: m.cpu() for n, m in new.items()}
+        generator = torch.Generator().manual_seed(derive_seed(self.seed or 0, self.round + 1, 1))
+        return next_masks(self._tensors, self._masks, self.schedule, self.round + 1, self.pruning, generator)
 
-    def _rewind_to(self, trainer: pl.Trainer, pl_module: pl.LightningModule, masks: dict[str, Tensor]) -> None:
-        if self.rewind == "reinit":
-            fresh = trainer.strategy.broadcast(self._fresh_state(pl_module, self.round + 1), src=0)
-            load_dense_state(pl_module, fresh)
-        elif self.rewind == "init":
+    def _rewind_to(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, masks: dict[str, Tensor], round_index: int
+    ) -> None:
+        if self.tickets is not None:
             assert self._theta0 is not None
-            load_dense_state(pl_module, self._theta0)
+            state = self.tickets.weights(round_index, pl_module, self._theta0)
+            rewind(pl_module, self._tensors, masks, state, replace=True)
+            self._masks = masks
+            self._round_start = state
+            return
+        if self.rewind == "reinit":
+            state = trainer.strategy.broadcast(self._fresh_state(pl_module, round_index), src=0)
+        elif self.rewind == "init":
+            state = self._theta0
         elif self.late_rewinding:
-            assert self._theta_k is not None
-            load_dense_state(pl_module, self._theta_k)
-        install_masks(self._tensors, masks)
+            state = self._theta_k
+        else:
+            state = None
+        rewind(pl_module, self._tensors, masks, state)
         self._masks = masks
         if self.rewind in ("none", "reinit"):
             self._round_start = dense_state(pl_module)
@@ -534,6 +566,7 @@ class LotteryTicketCallback(Callback):
             "final_metrics": dict(self._last_metrics),
             "steps": trainer.global_step,
             "epochs": trainer.current_epoch,
+            "seconds": time.monotonic() - self._round_clock,  # wall time of the round (since resume, if resumed)
         }
         # Validation metrics are rank-local unless logged with sync_dist=True: every rank keeps rank 0's record.
         record = trainer.strategy.broadcast(record, src=0)
@@ -678,9 +711,13 @@ class LotteryTicketCallback(Callback):
         pct = 100.0 * remaining / total if total else 100.0
         self._log(trainer, {"round": float(self.round), "sparsity": sparsity, "remaining_weights": pct})
         if self.verbose:
+            how = (
+                f"transfer: {self.tickets.label}"
+                if self.tickets is not None
+                else f"rewind={self.rewind!r}, pruning={self.pruning!r}"
+            )
             rank_zero_info(
-                f"[lottery] round {self.round}/{self.rounds}: {pct:.2f}% of {total} prunable weights remain "
-                f"(rewind={self.rewind!r}, pruning={self.pruning!r})"
+                f"[lottery] round {self.round}/{self.rounds}: {pct:.2f}% of {total} prunable weights remain ({how})"
             )
 
     def _wrap_progress_bar(self, trainer: pl.Trainer) -> None:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from lightning_lottery.core import State, install_masks, remove_masks, select_prunable
 from lightning_lottery.core.selection import check_patterns, matches, named_tensor_sites
-from lightning_lottery.core.snapshot import _canonical_entries
+from lightning_lottery.core.snapshot import canonical_tensors
 
 FORMAT = "lightning_lottery.ticket"
 FORMAT_VERSION = "1"
@@ -163,7 +163,18 @@ class Ticket:
         Raises:
             TicketError: missing tensors or shape mismatches, listing every one.
         """
-        entries = _canonical_entries(model)
+        fresh = self.check_fits(model, reinit)
+        state = self.merged_state(canonical_tensors(model), fresh)
+        with torch.no_grad():
+            for name, target in canonical_tensors(model).items():
+                target.copy_(state[name].to(device=target.device, dtype=target.dtype))
+        masked = {n: m for n, m in self.masks.items() if n not in fresh}
+        install_masks(select_prunable(model, parameters=list(masked)), masked)
+        return model
+
+    def check_fits(self, model: nn.Module, reinit: Sequence[str] = ()) -> set[str]:
+        """The names ``reinit`` selects; raises :class:`TicketError` listing every tensor that does not fit."""
+        entries = canonical_tensors(model)
         check_patterns("reinit", list(reinit), entries)
         fresh = {n for n in entries if matches(n, reinit)}
         problems = []
@@ -189,13 +200,11 @@ class Ticket:
             expected = self.metadata.get("model_class")
             hint = f" (the ticket was found on {expected})" if expected else ""
             raise TicketError(f"The ticket does not fit {type(model).__name__}{hint}:\n  " + "\n  ".join(problems))
-        with torch.no_grad():
-            for name, target in entries.items():
-                if name not in fresh:
-                    target.copy_(self.weights[name].to(device=target.device, dtype=target.dtype))
-        masked = {n: m for n, m in self.masks.items() if n not in fresh}
-        install_masks(select_prunable(model, parameters=list(masked)), masked)
-        return model
+        return fresh
+
+    def merged_state(self, own: Mapping[str, Tensor], fresh: set[str]) -> State:
+        """The ticket's weights, with the model's own values (``own``) for the ``fresh`` names."""
+        return {n: (own[n] if n in fresh else self.weights[n]).detach().cpu().clone() for n in own}
 
     def random_like(self, seed: int) -> Ticket:
         """The random-pruning control: the same per-tensor counts, positions drawn uniformly at random."""
