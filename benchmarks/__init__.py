@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks of lightning_lottery; run ``python -m benchmarks --help``."""

@@ -1,0 +1,65 @@
+"""Shared benchmark plumbing: interleaved repeats, medians, paired ratios, one JSON line per measurement."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def emit(record: Mapping[str, Any]) -> None:
+    """One JSON line per measurement on stdout (the table goes to stderr)."""
+    print(json.dumps(record, default=str), flush=True)
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def interleaved(variants: Mapping[str, Callable[[], float]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Run every variant once per repeat, in turn, so slow drifts of the machine hit all variants alike."""
+    for _ in range(warmup):
+        for fn in variants.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            times[name].append(fn())
+    return times
+
+
+def paired_ratios(times: Mapping[str, list[float]], baseline: str) -> dict[str, float]:
+    """Median over repeats of (variant / baseline) taken within each repeat."""
+    base = times[baseline]
+    return {name: statistics.median(t / b for t, b in zip(ts, base)) for name, ts in times.items()}
+
+
+def table(title: str, rows: list[list[Any]], header: list[str]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    print(f"\n{title}\n{line(header)}\n{line(['-' * w for w in widths])}", file=sys.stderr)
+    for row in rows:
+        print(line(row), file=sys.stderr)
