@@ -33,6 +33,7 @@ from lightning_lottery.core import (
     remove_masks,
     select_prunable,
 )
+from lightning_lottery.core.inits import add_noise, reshuffle, signed_constant
 from lightning_lottery.core.reparam import lottery_hooks
 from lightning_lottery.core.rounds import next_masks, rewind
 from lightning_lottery.core.snapshot import state_mismatches
@@ -40,7 +41,8 @@ from lightning_lottery.ticket import Ticket, atomic_write_csv, atomic_write_json
 from lightning_lottery.transfer import TicketSequence
 
 Rewind = Literal["init", "none", "reinit"] | int | str
-_REWIND_WORDS = ("init", "none", "reinit")
+_REWIND_WORDS = ("init", "none", "reinit", "reshuffle", "signed_constant")
+_INIT_CONTROLS = ("reshuffle", "signed_constant")
 
 
 def _parse_rewind(rewind: Any) -> tuple[Rewind, int | None]:
@@ -64,6 +66,7 @@ _FIXED_SETTINGS = (
     "parameters",
     "exclude",
     "rewind",
+    "rewind_noise",
     "pruning",
     "monitor",
     "mode",
@@ -152,7 +155,11 @@ class LotteryTicketCallback(Callback):
             of round 0 (late rewinding), with the LR schedule as it was at step k; ``"epoch:E"``: likewise, at
             the end of round 0's epoch E (e.g. ``"epoch:1"``, as in Yu et al. 2020); ``"none"``: keep the trained
             weights (prune and fine-tune); ``"reinit"``: a fresh random initialisation each round, drawn by
-            constructing the LightningModule again from its ``hparams`` (random-reinit control).
+            constructing the LightningModule again from its ``hparams`` (random-reinit control);
+            ``"reshuffle"``: the survivors' θ₀ values permuted among them within each tensor; ``"signed_constant"``:
+            sign(θ₀) times the tensor's θ₀ standard deviation (Zhou et al. 2019's controls).
+        rewind_noise: add Gaussian noise of this many θ₀ standard deviations (per tensor) to the rewound
+            prunable weights (0: none); a robustness control for ``"init"`` and late rewinding.
         pruning: ``"magnitude"`` of the trained weights, or ``"random"``: the same per-tensor counts as
             magnitude pruning would give, positions drawn at random (random-pruning control).
         monitor: validation metric whose best value defines each round's early-stop iteration; ``None`` to
@@ -190,6 +197,7 @@ class LotteryTicketCallback(Callback):
         parameters: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] = (),
         rewind: Rewind = "init",
+        rewind_noise: float = 0.0,
         pruning: Literal["magnitude", "random"] = "magnitude",
         monitor: str | None = "val_loss",
         mode: Literal["min", "max"] = "min",
@@ -207,6 +215,11 @@ class LotteryTicketCallback(Callback):
         self.parameters = _patterns(parameters, "parameters")
         self.exclude = _patterns(exclude, "exclude") or ()
         self.rewind, self._rewind_epoch = _parse_rewind(rewind)
+        if isinstance(rewind_noise, bool) or not isinstance(rewind_noise, (int, float)) or rewind_noise < 0:
+            raise ValueError(f"`rewind_noise={rewind_noise!r}` must be a float >= 0 (standard deviations of θ₀)")
+        if rewind_noise and self.rewind in ("none", "reinit", *_INIT_CONTROLS):
+            raise ValueError(f"`rewind_noise` perturbs rewound weights; it does not apply to rewind={self.rewind!r}")
+        self.rewind_noise = float(rewind_noise)
         if pruning not in ("magnitude", "random"):
             raise ValueError(f"`pruning={pruning!r}` is not one of 'magnitude', 'random'")
         self.pruning = pruning
@@ -275,9 +288,9 @@ class LotteryTicketCallback(Callback):
         or freshly drawn weights (θ₀ in round 0)."""
         if self.tickets is not None:
             return self._round_start
-        if self.round == 0 or self.rewind == "init":
+        if self.round == 0 or (self.rewind == "init" and not self.rewind_noise):
             return self._theta0
-        if self.late_rewinding:
+        if self.late_rewinding and not self.rewind_noise:
             return self._theta_k
         return self._round_start
 
@@ -321,6 +334,7 @@ class LotteryTicketCallback(Callback):
             "parameters": list(self.parameters) if self.parameters is not None else None,
             "exclude": list(self.exclude),
             "rewind": self.rewind,
+            "rewind_noise": self.rewind_noise,
             "pruning": self.pruning,
             "monitor": self.monitor,
             "mode": self.mode,
@@ -524,16 +538,31 @@ class LotteryTicketCallback(Callback):
             return
         if self.rewind == "reinit":
             state = trainer.strategy.broadcast(self._fresh_state(pl_module, round_index), src=0)
-        elif self.rewind == "init":
-            state = self._theta0
-        elif self.late_rewinding:
-            state = self._theta_k
-        else:
+        elif self.rewind == "none":
             state = None
+        else:
+            state = self._controlled(self._theta_k if self.late_rewinding else self._theta0, masks, round_index)
         rewind(pl_module, self._tensors, masks, state)
         self._masks = masks
-        if self.rewind in ("none", "reinit"):
+        if self.rewind in ("none", "reinit", *_INIT_CONTROLS) or self.rewind_noise:
             self._round_start = dense_state(pl_module)
+
+    def _controlled(self, state: State | None, masks: dict[str, Tensor], round_index: int) -> State:
+        """The rewind point with this search's initialisation control applied to the prunable tensors."""
+        assert state is not None
+        if self.rewind not in _INIT_CONTROLS and not self.rewind_noise:
+            return state
+        generator = torch.Generator().manual_seed(derive_seed(self.seed or 0, round_index, 3))
+        out = dict(state)
+        for name, mask in masks.items():
+            theta = state[name]
+            if self.rewind == "reshuffle":
+                out[name] = reshuffle(theta, mask, generator)
+            elif self.rewind == "signed_constant":
+                out[name] = signed_constant(theta, mask)
+            else:
+                out[name] = add_noise(theta, self.rewind_noise, generator)
+        return out
 
     def _relaunch(self, trainer: pl.Trainer) -> None:
         self._steps_done += trainer.global_step
