@@ -319,3 +319,13 @@ def test_report_reads_a_real_tiny_search(tmp_path: Path):
     for png in path.parent.glob("*.png"):
         assert png.read_bytes()[:8] == PNG_SIGNATURE
     assert len(list(path.parent.glob("*.png"))) == 3
+
+
+def test_variant_labels_of_controls_and_transfers():
+    from lightning_lottery.report.collect import variant_label
+
+    assert variant_label({"rewind": "reshuffle"}) == "reshuffled θ₀"
+    assert variant_label({"rewind": "signed_constant"}) == "signed constant init"
+    assert variant_label({"rewind": "init", "rewind_noise": 0.5}) == "ticket (rewind to θ₀ + noise 0.5σ)"
+    assert variant_label({"rewind": "epoch:1"}) == "ticket (rewind to epoch 1)"
+    assert variant_label({"transfer": {"variant": "random"}}) == "random ticket"

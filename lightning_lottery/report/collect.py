@@ -63,6 +63,9 @@ class Run:
         return self._curves[round_index]
 
 
+from lightning_lottery.transfer import LABELS as TRANSFER_LABELS  # noqa: E402
+
+
 def read_curve(path: Path) -> list[dict[str, float]]:
     """Rows of a ``curve.csv``. Columns are the union over validations, so early rows may have empty cells."""
     if not path.is_file():
@@ -100,16 +103,26 @@ def find_histories(dirs: Iterable[Path]) -> list[Path]:
 
 def variant_label(settings: dict[str, Any]) -> str:
     """What kind of network a search trains, from the callback's settings (when no ``run.json`` names it)."""
+    transfer = settings.get("transfer")
+    if transfer:
+        return TRANSFER_LABELS.get(transfer.get("variant"), "transferred ticket")
     rewind = settings.get("rewind", "init")
     random_pruning = settings.get("pruning") == "random"
+    noise = settings.get("rewind_noise") or 0.0
     if rewind == "reinit":
         rewound = "random reinit"
     elif rewind == "none":
         rewound = "fine-tune (no rewind)"
+    elif rewind in ("reshuffle", "signed_constant"):
+        rewound = "reshuffled θ₀" if rewind == "reshuffle" else "signed constant init"
     elif isinstance(rewind, int) and not isinstance(rewind, bool):
         rewound = f"rewind to step {rewind}"
+    elif isinstance(rewind, str) and rewind.startswith("epoch:"):
+        rewound = f"rewind to epoch {rewind[6:]}"
     else:
         rewound = "rewind to θ₀"
+    if noise:
+        rewound += f" + noise {noise:g}σ"
     if random_pruning:
         return "random pruning" if rewind == "init" else f"random pruning + {rewound}"
     if rewound.startswith("rewind"):
@@ -122,7 +135,7 @@ def variant_order(variant: str, settings: dict[str, Any]) -> tuple[int, float, s
     label = variant.lower()
     if "ticket" in label and "random" not in label:
         rank = 0
-    elif "reinit" in label:
+    elif "reinit" in label or "reshuffled" in label or "signed constant" in label:
         rank = 1
     elif "random" in label:
         rank = 2
