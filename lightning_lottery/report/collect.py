@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_lottery.transfer import LABELS as TRANSFER_LABELS
+
 HISTORY = "history.json"
 RUN_INFO = "run.json"
 # Folder names that only count runs (Lightning's ``version_N``, Hydra's multirun job ``N``): not experiment names.
@@ -61,9 +63,6 @@ class Run:
         if round_index not in self._curves:
             self._curves[round_index] = read_curve(self.lottery_dir / f"round_{round_index:02d}" / "curve.csv")
         return self._curves[round_index]
-
-
-from lightning_lottery.transfer import LABELS as TRANSFER_LABELS  # noqa: E402
 
 
 def read_curve(path: Path) -> list[dict[str, float]]:
