@@ -26,6 +26,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_lottery.ticket import atomic_write_json
+from lightning_lottery.transfer import LABELS as TRANSFER_LABELS
+from lightning_lottery.transfer import VARIANTS as TRANSFER_VARIANTS
+from lightning_lottery.transfer import TicketSequence
 
 CONFIG_DIR = str(Path(__file__).parent / "conf")
 
@@ -56,8 +59,30 @@ def _fill_from_data(cfg: DictConfig, datamodule: pl.LightningDataModule) -> None
                     model.arch_kwargs[key] = getattr(datamodule, key)
 
 
+def _tickets(cfg: DictConfig) -> TicketSequence | None:
+    """The source tickets of a transfer run (``transfer.ticket``), or None for an ordinary search."""
+    transfer = cfg.get("transfer") or {}
+    variant = transfer.get("variant", "transferred")
+    if variant not in (*TRANSFER_VARIANTS, "target"):
+        raise ConfigError(f"`transfer.variant={variant!r}` is not one of {[*TRANSFER_VARIANTS, 'target']}")
+    if not transfer.get("ticket") or variant == "target":
+        return None
+    return TicketSequence(transfer.ticket, variant, list(transfer.reinit), transfer.seed)
+
+
+def _variant_label(cfg: DictConfig) -> str | None:
+    if cfg.variant is not None:
+        return cfg.variant
+    transfer = cfg.get("transfer") or {}
+    if transfer.get("ticket"):
+        variant = transfer.get("variant", "transferred")
+        return TRANSFER_LABELS.get(variant, "target ticket (found on the target)")
+    return None
+
+
 def _callbacks(cfg: DictConfig, logger: Any) -> list[pl.Callback]:
-    callbacks = [_build(cfg, "lottery")]
+    tickets = _tickets(cfg)
+    callbacks = [_build(cfg, "lottery", **({"tickets": tickets} if tickets is not None else {}))]
     for name, spec in (cfg.get("callbacks") or {}).items():
         if spec is not None:
             callbacks.append(_build(cfg.callbacks, name))
@@ -73,7 +98,7 @@ def _write_run_info(cfg: DictConfig, out: Path) -> None:
     info = {
         "experiment": cfg.experiment,
         "seed": cfg.seed,
-        "variant": cfg.variant,
+        "variant": _variant_label(cfg),
         "overrides": overrides,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
