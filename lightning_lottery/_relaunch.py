@@ -19,12 +19,19 @@ from lightning.fabric.utilities.optimizer import _optimizers_to_device
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Timer
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.utilities import rank_zero_warn
 
 
 def check_strategy(trainer: pl.Trainer) -> None:
     """Masks are computed on whole tensors: refuse strategies that shard parameters."""
     strategy = trainer.strategy
     if isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) and "XLA" not in type(strategy).__name__:
+        if getattr(strategy, "_start_method", "popen") in ("spawn", "fork", "forkserver"):
+            rank_zero_warn(
+                "With a spawned DDP strategy the search runs in worker processes: this callback object (history, "
+                "masks, ticket()) is not updated in the main process. Read the artifacts it writes (lottery/"
+                "history.json, round_XX/ticket.safetensors) or use strategy='ddp'."
+            )
         return
     raise ValueError(
         f"LotteryTicketCallback supports single-device and DDP-family strategies (ddp, ddp_spawn, "

@@ -142,6 +142,14 @@ def test_sharded_strategies_are_refused():
         check_strategy(fake)  # type: ignore[arg-type]
 
 
+def test_spawned_ddp_warns_that_results_stay_in_the_workers():
+    from lightning.pytorch.strategies import DDPStrategy
+
+    fake = types.SimpleNamespace(strategy=DDPStrategy(start_method="spawn"))
+    with pytest.warns(UserWarning, match="worker processes.*Read the artifacts"):
+        check_strategy(fake)  # type: ignore[arg-type]
+
+
 def test_resuming_with_different_settings_is_refused():
     state = LotteryTicketCallback(amount=0.2).state_dict()
     with pytest.raises(ValueError, match=r"different lottery search.*amount: checkpoint 0.2 vs now 0.3"):
