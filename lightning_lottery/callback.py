@@ -53,7 +53,10 @@ def _parse_rewind(rewind: Any) -> tuple[Rewind, int | None]:
         return rewind, None
     if isinstance(rewind, str) and rewind.startswith("epoch:") and rewind[6:].isdigit() and int(rewind[6:]) >= 1:
         return rewind, int(rewind[6:])
-    raise ValueError(f"`rewind={rewind!r}` is not one of 'init', 'none', 'reinit', a step k >= 0 or 'epoch:E' (E >= 1)")
+    raise ValueError(
+        f"`rewind={rewind!r}` is not one of 'init', 'none', 'reinit', 'reshuffle', 'signed_constant', "
+        "a step k >= 0 or 'epoch:E' (E >= 1)"
+    )
 
 
 _STATE_VERSION = 1
