@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import random
@@ -12,15 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
-from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor
 
 from lightning_lottery import _relaunch
+from lightning_lottery._rng import collect_rng_state, derive_seed, restore_rng_state
 from lightning_lottery.core import (
     MaskEnforcer,
     PrunableTensor,
@@ -76,12 +74,6 @@ _FIXED_SETTINGS = (
 )
 
 
-def derive_seed(seed: int, *keys: int) -> int:
-    """A 63-bit seed for one purpose (round, pruning vs reinit) derived from the user's seed."""
-    digest = hashlib.sha256(":".join(str(k) for k in (seed, *keys)).encode()).digest()
-    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
-
-
 def _patterns(value: str | Sequence[str] | None, argument: str) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -102,31 +94,6 @@ def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
             value = value.item()
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[key] = float(value)
-    return out
-
-
-def _rng_to_state(states: dict[str, Any]) -> dict[str, Any]:
-    """RNG states in a form ``torch.load(weights_only=True)`` accepts (no numpy objects)."""
-    out = dict(states)
-    if "numpy" in out:
-        kind, keys, pos, has_gauss, cached = out["numpy"]
-        out["numpy"] = (
-            kind,
-            torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            int(pos),
-            int(has_gauss),
-            float(cached),
-        )
-    return out
-
-
-def _rng_from_state(state: dict[str, Any]) -> dict[str, Any]:
-    out = dict(state)
-    if "numpy" in out:
-        kind, keys, pos, has_gauss, cached = out["numpy"]
-        out["numpy"] = (kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
-    if not torch.cuda.is_available():
-        out.pop("torch.cuda", None)
     return out
 
 
@@ -381,7 +348,7 @@ class LotteryTicketCallback(Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._rng_resume is not None:
-            _set_rng_states(_rng_from_state(self._rng_resume))
+            restore_rng_state(self._rng_resume)
             self._rng_resume = None
         if self.seed is None:
             self.seed = random.SystemRandom().randrange(2**31)
@@ -394,7 +361,7 @@ class LotteryTicketCallback(Callback):
         if not all(bool(m.all()) for m in self._masks.values()):
             install_masks(self._tensors, self._masks)
         if self._rng_state is None:
-            self._rng_state = _rng_to_state(_collect_rng_states(include_cuda=torch.cuda.is_available()))
+            self._rng_state = collect_rng_state()
         self._check_rewind_step(trainer)
         self._activate_masks(trainer)
         _relaunch.wrap_fit_loop(trainer, lambda: self._next_round(trainer, pl_module))
@@ -468,7 +435,7 @@ class LotteryTicketCallback(Callback):
             "steps_done": self._steps_done,
             "rng_state": self._rng_state,
             # The RNG as of this checkpoint: a resumed run draws the same shuffles and dropout masks.
-            "rng_now": _rng_to_state(_collect_rng_states(include_cuda=torch.cuda.is_available())),
+            "rng_now": collect_rng_state(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -576,7 +543,7 @@ class LotteryTicketCallback(Callback):
             _relaunch.restore_schedule(trainer, self._schedule_k)
         self._activate_masks(trainer)
         assert self._rng_state is not None
-        _set_rng_states(_rng_from_state(self._rng_state))
+        restore_rng_state(self._rng_state)
         _relaunch.restart_data(trainer)
 
     def _finish_round(self, trainer: pl.Trainer) -> None:
