@@ -7,5 +7,14 @@ __version__ = "0.1.0"
 
 from lightning_lottery.callback import LotteryTicketCallback
 from lightning_lottery.ticket import ExportSummary, Ticket, TicketError, export_pruned
+from lightning_lottery.transfer import TicketSequence
 
-__all__ = ["ExportSummary", "LotteryTicketCallback", "Ticket", "TicketError", "__version__", "export_pruned"]
+__all__ = [
+    "ExportSummary",
+    "LotteryTicketCallback",
+    "Ticket",
+    "TicketError",
+    "TicketSequence",
+    "__version__",
+    "export_pruned",
+]
