@@ -21,6 +21,7 @@ from lightning_lottery.models.vision import (
 EXACT = {
     "lenet300": 266_610,
     "lenet5": 431_080,
+    "mnistcnn": 28_938,
     "conv2": 4_301_642,
     "conv4": 2_425_930,
     "conv6": 2_262_602,
@@ -36,7 +37,9 @@ PAPER = {
     "conv4": (24, 1e5),
     "vgg19": (200, 1e5),
 }
-INPUTS = {"lenet300": (1, 28, 28), "lenet5": (1, 28, 28)}
+INPUTS = {"lenet300": (1, 28, 28), "lenet5": (1, 28, 28), "mnistcnn": (1, 28, 28)}
+# ImageNet networks (torchvision's architectures): exact counts for 1000 classes, as torchvision lists them.
+IMAGENET = {"resnet50": 25_557_032, "vgg19_imagenet": 143_678_248}
 
 
 def n_params(model: nn.Module) -> int:
@@ -112,7 +115,7 @@ def test_layer_names_are_stable() -> None:
 
 
 def test_registry_names_and_aliases() -> None:
-    assert model_names() == list(EXACT)
+    assert model_names() == [*EXACT, *IMAGENET]
     assert isinstance(build_model("Conv-2"), ConvNet) and build_model("Conv-2").depth == 2
     assert isinstance(build_model("LeNet_5"), LeNet5)
 
@@ -120,7 +123,7 @@ def test_registry_names_and_aliases() -> None:
 def test_unknown_model_lists_the_valid_names() -> None:
     with pytest.raises(ValueError, match="Unknown model 'alexnet'") as info:
         build_model("alexnet")
-    for name in EXACT:
+    for name in [*EXACT, *IMAGENET]:
         assert name in str(info.value)
     with pytest.raises(ValueError, match="valid names"):
         output_parameter("alexnet")
@@ -204,3 +207,53 @@ def test_build_model_init_argument_draws_from_the_global_rng() -> None:
     c = build_model("lenet300", init="glorot_normal")
     assert torch.equal(a.fc1.weight, b.fc1.weight)
     assert not torch.equal(b.fc1.weight, c.fc1.weight)
+
+
+# ---------------------------------------------------------------------------------------------- ImageNet
+
+
+@pytest.mark.parametrize("name", list(IMAGENET))
+def test_imagenet_parameter_count_matches_torchvision(name: str) -> None:
+    model = build_model(name)
+    assert n_params(model) == IMAGENET[name]
+    assert (model.num_classes, model.in_channels) == (1000, 3)
+    assert (
+        output_parameter(name)
+        == output_parameter(model)
+        == {"resnet50": "fc", "vgg19_imagenet": "classifier.6"}[name] + ".weight"
+    )
+
+
+def test_imagenet_networks_are_torchvisions() -> None:
+    from torchvision.models import resnet50, vgg19_bn
+
+    ours = build_model("resnet50")
+    ours.load_state_dict(resnet50(weights=None).state_dict())  # same names and shapes: torchvision weights load
+    vgg = build_model("vgg19_imagenet", num_classes=10, hidden=64)
+    names = [n for n, _ in vgg.named_parameters()]
+    reference = vgg19_bn(weights=None, num_classes=10, init_weights=False)  # no init: only the names matter
+    assert names == [n for n, _ in reference.named_parameters()]
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [("resnet50", {}), ("resnet50", {"in_channels": 1}), ("vgg19_imagenet", {"hidden": 64})],
+)
+def test_imagenet_output_layer_is_sized_by_num_classes_and_takes_small_images(name: str, kwargs: dict) -> None:
+    model = build_model(name, num_classes=7, init="kaiming_normal", **kwargs).eval()
+    weight = dict(model.named_parameters())[output_parameter(model)]
+    assert weight.shape[0] == 7 and model.num_classes == 7
+    shape = (kwargs.get("in_channels", 3), 32, 32)  # fast presets run them on 32x32 crops
+    assert model(torch.randn(2, *shape)).shape == (2, 7)
+
+
+def test_vgg19_imagenet_options() -> None:
+    narrow = build_model("VGG19-ImageNet", num_classes=10, hidden=64)  # the registry's name aliasing applies
+    assert [narrow.classifier[i].out_features for i in (0, 3, 6)] == [64, 64, 10]
+    fc_4096 = (25088 * 4096 + 4096) + (4096 * 4096 + 4096) + (4096 * 1000 + 1000)
+    fc_64 = (25088 * 64 + 64) + (64 * 64 + 64) + (64 * 10 + 10)
+    assert n_params(narrow) == IMAGENET["vgg19_imagenet"] - fc_4096 + fc_64
+    plain = build_model("vgg19_imagenet", batch_norm=False, hidden=64, num_classes=10)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    with pytest.raises(ValueError, match="hidden"):
+        build_model("vgg19_imagenet", hidden=0)

@@ -5,6 +5,7 @@ name          network                                             params      ou
 ============  ==================================================  ==========  ============
 ``lenet300``  :class:`LeNet300`: FC 784-300-100-10 (MNIST)        266,610     ``fc3``
 ``lenet5``    :class:`LeNet5`: Caffe LeNet-5 (Han et al.)         431,080     ``fc2``
+``mnistcnn``  :class:`MnistCNN`: 2 conv + 1 linear (MNIST)        28,938      ``fc``
 ``conv2``     :class:`ConvNet` depth 2 (CIFAR-10)                 4,301,642   ``fc3``
 ``conv4``     :class:`ConvNet` depth 4                            2,425,930   ``fc3``
 ``conv6``     :class:`ConvNet` depth 6                            2,262,602   ``fc3``
@@ -13,11 +14,21 @@ name          network                                             params      ou
 ``resnet18``  :class:`ResNet18`: 4 stages, 3x3 stem, no max pool  11,173,962  ``fc``
 ============  ==================================================  ==========  ============
 
-Counts are for 10 classes and the default input shape. Every model has the class attribute ``output_layer``
-(the module name of its classifier layer, whose weight recipes prune at half rate; see
+ImageNet networks (torchvision's architectures, built with ``weights=None``; 1000 classes by default):
+
+==================  ==========================================  ===========  ================
+name                network                                     params       output layer
+==================  ==========================================  ===========  ================
+``resnet50``        :func:`resnet50`: torchvision ``resnet50``  25,557,032   ``fc``
+``vgg19_imagenet``  :func:`vgg19_imagenet`: ``vgg19_bn``        143,678,248  ``classifier.6``
+==================  ==========================================  ===========  ================
+
+Counts in the first table are for 10 classes and the default input shape. Every model has the attribute
+``output_layer`` (the module name of its classifier layer, whose weight recipes prune at half rate; see
 :func:`output_parameter`) and the attributes ``num_classes`` and ``in_channels``. Layer names are stable and
 meant to be targeted by pattern: ``conv*``/``fc*`` for LeNet/ConvNet, ``features.conv*``/``fc`` for VGG,
-``conv1``, ``layer<i>.<j>.conv<k>``, ``layer<i>.0.downsample.0`` and ``fc`` for the ResNets.
+``conv1``, ``layer<i>.<j>.conv<k>``, ``layer<i>.0.downsample.0`` and ``fc`` for the ResNets (ResNet-50 too),
+``features.<i>`` and ``classifier.<i>`` (torchvision's) for ``vgg19_imagenet``.
 
 Frankle & Carbin (2019) list Conv-6 as 1.7M parameters, but the architecture they describe (and build here:
 64,64,P,128,128,P,256,256,P then FC 256,256,10 on 32x32 input) has 2,262,602; Conv-2 and Conv-4 match.
@@ -40,6 +51,7 @@ __all__ = [
     "ConvNet",
     "LeNet5",
     "LeNet300",
+    "MnistCNN",
     "ResNet18",
     "build_model",
     "conv2",
@@ -50,7 +62,9 @@ __all__ = [
     "output_parameter",
     "resnet18",
     "resnet20",
+    "resnet50",
     "vgg19",
+    "vgg19_imagenet",
 ]
 
 InitScheme = Literal["glorot_normal", "kaiming_normal", "default"]
@@ -138,6 +152,46 @@ class LeNet5(_Classifier):
 
 def _identity(x: Tensor) -> Tensor:
     return x
+
+
+class MnistCNN(_Classifier):
+    """The small CNN of the small-network schedule study (papers.md): 2 convolutions + 1 linear layer.
+
+    ``conv1`` 16@5x5 (padding 2) -> leaky_relu -> 2x2 max pool -> ``conv2`` 32@5x5 (padding 2) -> leaky_relu ->
+    2x2 max pool -> ``fc`` (output) -> sigmoid: 13,200 conv weights, 28,938 parameters on MNIST. The study
+    states only "leaky_relu in conv layers, sigmoid in the linear layer"; the widths and kernels are the common
+    two-conv MNIST tutorial network's. The sigmoid is part of the output, so a cross-entropy loss sees values
+    in (0, 1) (``sigmoid_output=False`` returns the raw linear output).
+    """
+
+    output_layer = "fc"
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        image_size: int = 28,
+        channels: Sequence[int] = (16, 32),
+        negative_slope: float = 0.01,
+        sigmoid_output: bool = True,
+    ) -> None:
+        super().__init__(num_classes, in_channels)
+        first, second = (int(c) for c in channels)
+        side = image_size // 4
+        if side < 1:
+            raise ValueError(f"MnistCNN needs images of at least 4x4, got image_size={image_size}")
+        self.negative_slope = negative_slope
+        self.sigmoid_output = sigmoid_output
+        self.conv1 = nn.Conv2d(in_channels, first, kernel_size=5, padding=2)
+        self.conv2 = nn.Conv2d(first, second, kernel_size=5, padding=2)
+        self.fc = nn.Linear(second * side * side, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        slope = self.negative_slope
+        x = nn.functional.max_pool2d(nn.functional.leaky_relu(self.conv1(x), slope), 2)
+        x = nn.functional.max_pool2d(nn.functional.leaky_relu(self.conv2(x), slope), 2)
+        x = self.fc(x.flatten(1))
+        return torch.sigmoid(x) if self.sigmoid_output else x
 
 
 # ---------------------------------------------------------------------------------------------- Conv-2/4/6
@@ -327,6 +381,88 @@ def resnet18(num_classes: int = 10, in_channels: int = 3, width: int = 64) -> Re
     return ResNet18(num_classes=num_classes, in_channels=in_channels, width=width)
 
 
+# ---------------------------------------------------------------------------------------------- ImageNet
+
+VGG_HIDDEN = 4096  # width of torchvision VGG's two hidden fully connected layers
+
+
+def _mark(model: nn.Module, output_layer: str, num_classes: int, in_channels: int) -> nn.Module:
+    """Give a torchvision network the attributes every registry model has (``output_layer``, ...)."""
+    if num_classes < 1 or in_channels < 1:
+        raise ValueError(f"num_classes ({num_classes}) and in_channels ({in_channels}) must be >= 1")
+    model.output_layer = output_layer
+    model.num_classes = num_classes
+    model.in_channels = in_channels
+    return model
+
+
+def _conv_like(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    """``conv`` rebuilt for ``in_channels`` inputs, initialised as torchvision initialises its convolutions."""
+    new = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,  # type: ignore[arg-type]
+        stride=conv.stride,  # type: ignore[arg-type]
+        padding=conv.padding,  # type: ignore[arg-type]
+        bias=conv.bias is not None,
+    )
+    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+    if new.bias is not None:
+        nn.init.zeros_(new.bias)
+    return new
+
+
+def resnet50(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
+    """torchvision's ResNet-50 (``resnet50(weights=None)``: bottleneck blocks 3-4-6-3, 7x7 stem with max pool):
+    25,557,032 parameters for 1000 classes. Output layer ``fc``.
+
+    The network of Frankle et al. (2019/2020) and Morcos et al. (2019) on ImageNet and Places365. It takes any
+    input of at least 32x32 (global average pooling), so fast presets may run it on tiny images.
+    """
+    from torchvision.models import resnet50 as torchvision_resnet50  # imported late: torchvision loads slowly
+
+    model = torchvision_resnet50(weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        model.conv1 = _conv_like(model.conv1, in_channels)
+    return _mark(model, "fc", num_classes, in_channels)
+
+
+def vgg19_imagenet(
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    batch_norm: bool = True,
+    hidden: int = VGG_HIDDEN,
+    dropout: float = 0.5,
+) -> nn.Module:
+    """torchvision's ImageNet VGG-19 (``vgg19_bn(weights=None)``): 16 3x3 convolutions, a 7x7 adaptive average
+    pool and three fully connected layers (``classifier.0``, ``.3``, ``.6``; the last is the output layer).
+    143,678,248 parameters for 1000 classes, 86% of them in ``classifier.0`` (25088 x 4096).
+
+    ``batch_norm=True`` (default) because plain VGG-19 does not train from a random init at the recipes' SGD
+    learning rate of 0.1 (Simonyan & Zisserman grew it from shallower nets; torchvision trains ``vgg19`` at 0.01)
+    and the CIFAR VGG-19 of Frankle & Carbin (``vgg19``) has BatchNorm as well; BatchNorm adds no prunable
+    tensors, so both variants prune the same 16 convolutions and 3 linear layers. ``batch_norm=False`` gives
+    torchvision's ``vgg19`` (143,667,240). ``hidden`` narrows the two hidden layers (fast presets: the network
+    drops to ~20M parameters), initialised as torchvision does (N(0, 0.01), zero bias).
+    """
+    from torchvision.models import vgg19, vgg19_bn  # imported late: torchvision loads slowly
+
+    if hidden < 1 or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"hidden must be >= 1 and dropout in [0, 1), got hidden={hidden}, dropout={dropout}")
+    factory = vgg19_bn if batch_norm else vgg19
+    model = factory(weights=None, num_classes=num_classes, dropout=dropout)
+    if in_channels != 3:
+        model.features[0] = _conv_like(model.features[0], in_channels)
+    if hidden != VGG_HIDDEN:
+        fan_in = model.classifier[0].in_features
+        for index, (n_in, n_out) in ((0, (fan_in, hidden)), (3, (hidden, hidden)), (6, (hidden, num_classes))):
+            layer = nn.Linear(n_in, n_out)
+            nn.init.normal_(layer.weight, 0.0, 0.01)
+            nn.init.zeros_(layer.bias)
+            model.classifier[index] = layer
+    return _mark(model, "classifier.6", num_classes, in_channels)
+
+
 # ---------------------------------------------------------------------------------------------- init
 
 
@@ -382,12 +518,15 @@ def conv6(dropout: float = 0.0, in_channels: int = 3, num_classes: int = 10, ima
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet300": LeNet300,
     "lenet5": LeNet5,
+    "mnistcnn": MnistCNN,
     "conv2": conv2,
     "conv4": conv4,
     "conv6": conv6,
     "vgg19": vgg19,
     "resnet20": resnet20,
     "resnet18": resnet18,
+    "resnet50": resnet50,
+    "vgg19_imagenet": vgg19_imagenet,
 }
 
 
@@ -400,6 +539,12 @@ def _canonical(name: str) -> str:
     return name.lower().replace("-", "").replace("_", "")
 
 
+def _registered(name: str) -> str | None:
+    """The registry key ``name`` refers to (case, ``-`` and ``_`` ignored), or None."""
+    canonical = _canonical(name)
+    return next((key for key in MODELS if _canonical(key) == canonical), None)
+
+
 def build_model(name: str, init: InitScheme | str = "default", **kwargs: object) -> nn.Module:
     """Build a registered network by name (case, ``-`` and ``_`` ignored: ``"Conv-2"`` == ``"conv2"``).
 
@@ -407,9 +552,10 @@ def build_model(name: str, init: InitScheme | str = "default", **kwargs: object)
     ``width``); ``init`` is passed to :func:`initialize`. Raises ``ValueError`` for an unknown name and
     ``TypeError`` naming the accepted arguments for an unknown keyword.
     """
-    factory = MODELS.get(_canonical(name))
-    if factory is None:
+    key = _registered(name)
+    if key is None:
         raise ValueError(f"Unknown model {name!r}; valid names: {', '.join(MODELS)}")
+    factory = MODELS[key]
     signature = inspect.signature(factory)
     unknown = sorted(set(kwargs) - set(signature.parameters))
     if unknown:
@@ -421,12 +567,15 @@ def build_model(name: str, init: InitScheme | str = "default", **kwargs: object)
 _OUTPUT_LAYERS: dict[str, str] = {
     "lenet300": LeNet300.output_layer,
     "lenet5": LeNet5.output_layer,
+    "mnistcnn": MnistCNN.output_layer,
     "conv2": ConvNet.output_layer,
     "conv4": ConvNet.output_layer,
     "conv6": ConvNet.output_layer,
     "vgg19": VGG.output_layer,
     "resnet20": CifarResNet.output_layer,
     "resnet18": ResNet18.output_layer,
+    "resnet50": "fc",
+    "vgg19_imagenet": "classifier.6",
 }
 
 
@@ -437,9 +586,10 @@ def output_parameter(model: nn.Module | str, prefix: str = "") -> str:
     at half the rate of the others.
     """
     if isinstance(model, str):
-        layer = _OUTPUT_LAYERS.get(_canonical(model))
-        if layer is None:
+        key = _registered(model)
+        if key is None:
             raise ValueError(f"Unknown model {model!r}; valid names: {', '.join(MODELS)}")
+        layer = _OUTPUT_LAYERS[key]
     else:
         layer = getattr(model, "output_layer", None)
         if layer is None:

@@ -24,6 +24,7 @@ correct predictions (torchmetrics ``MulticlassAccuracy`` with ``average="micro"`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,22 +36,26 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_lottery.models.vision import INIT_SCHEMES, build_model, output_parameter
+from lightning_lottery.supermask import EdgePopup
 
-__all__ = ["OPTIMIZERS", "ImageClassifier", "WarmupMultiStep"]
+__all__ = ["OPTIMIZERS", "SCHEDULE_UNITS", "ImageClassifier", "WarmupMultiStep", "steps_per_epoch"]
 
 OPTIMIZERS = ("adam", "sgd", "adagrad")
+SCHEDULE_UNITS = ("step", "epoch")  # what warmup_steps and milestones count
 
 
 class WarmupMultiStep:
     """LR multiplier at optimizer step ``s`` (0-based): ``min(1, s / warmup_steps) * gamma ** k``, where ``k``
-    is the number of ``milestones <= s``.
+    is the number of ``milestones <= s``; with ``cosine_steps`` T > 0, also times ``(1 + cos(pi * s / T)) / 2``.
 
-    Linear warmup from 0 (step 0 trains at LR 0, as in open_lth's warmup) and step drops at the milestones, in
-    one function so both compose in a single ``LambdaLR`` stepped every optimizer step. A callable object
-    rather than a closure, so ``LambdaLR.state_dict()`` stores its settings.
+    Linear warmup from 0 (step 0 trains at LR 0, as in open_lth's warmup), step drops at the milestones and
+    cosine decay (edge-popup's schedule), in one function so they compose in a single ``LambdaLR`` stepped every
+    optimizer step. A callable object rather than a closure, so ``LambdaLR.state_dict()`` stores its settings.
     """
 
-    def __init__(self, warmup_steps: int = 0, milestones: Sequence[int] = (), gamma: float = 0.1) -> None:
+    def __init__(
+        self, warmup_steps: int = 0, milestones: Sequence[int] = (), gamma: float = 0.1, cosine_steps: int = 0
+    ) -> None:
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         milestones = [int(m) for m in milestones]
@@ -58,17 +63,50 @@ class WarmupMultiStep:
             raise ValueError(f"milestones must be increasing optimizer-step indices >= 0, got {milestones}")
         if gamma <= 0:
             raise ValueError(f"gamma must be > 0, got {gamma}")
+        if cosine_steps < 0:
+            raise ValueError(f"cosine_steps must be >= 0, got {cosine_steps}")
         self.warmup_steps = int(warmup_steps)
         self.milestones = milestones
         self.gamma = float(gamma)
+        self.cosine_steps = int(cosine_steps)
 
     def __call__(self, step: int) -> float:
         factor = min(1.0, step / self.warmup_steps) if self.warmup_steps else 1.0
         drops = sum(1 for m in self.milestones if m <= step)
+        if self.cosine_steps:
+            factor *= 0.5 * (1.0 + math.cos(math.pi * min(step, self.cosine_steps) / self.cosine_steps))
         return factor * self.gamma**drops
 
     def __repr__(self) -> str:
-        return f"WarmupMultiStep(warmup_steps={self.warmup_steps}, milestones={self.milestones}, gamma={self.gamma})"
+        return (
+            f"WarmupMultiStep(warmup_steps={self.warmup_steps}, milestones={self.milestones}, gamma={self.gamma}, "
+            f"cosine_steps={self.cosine_steps})"
+        )
+
+
+def steps_per_epoch(trainer: pl.Trainer) -> int:
+    """Optimizer steps in one training epoch of ``trainer`` (per rank under DDP, after ``limit_train_batches``).
+
+    Reads ``trainer.estimated_stepping_batches`` (which loads the training dataloader if needed) and requires
+    ``max_epochs``: an epoch-based schedule needs an epoch budget. The epoch length is the per-epoch factor of
+    that estimate, ``ceil(num_training_batches / accumulate_grad_batches)``, rather than the estimate divided by
+    ``max_epochs``, which would shrink the epoch whenever ``max_steps`` ends training before ``max_epochs``.
+    """
+    max_epochs = trainer.max_epochs
+    if max_epochs is None or max_epochs < 1:
+        raise ValueError(
+            f"schedule_unit='epoch' needs the Trainer's max_epochs (got {max_epochs}): warmup_steps and milestones "
+            "are then epochs, converted to optimizer steps with the epoch length. Set max_epochs (e.g. "
+            "trainer.max_epochs=90), or give warmup_steps and milestones in steps with schedule_unit='step'."
+        )
+    total = trainer.estimated_stepping_batches
+    batches = trainer.num_training_batches
+    if not math.isfinite(total) or not math.isfinite(batches):
+        raise ValueError(
+            "schedule_unit='epoch' needs a training dataloader with a length (an iterable dataset has no epochs); "
+            "use schedule_unit='step'"
+        )
+    return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
 
 
 class _LossSum:
@@ -96,7 +134,7 @@ class ImageClassifier(pl.LightningModule):
 
     Args:
         arch: registered network name (``"lenet300"``, ``"lenet5"``, ``"conv2"``, ``"conv4"``, ``"conv6"``,
-            ``"vgg19"``, ``"resnet20"``, ``"resnet18"``).
+            ``"vgg19"``, ``"resnet20"``, ``"resnet18"``, ``"resnet50"``, ``"vgg19_imagenet"``).
         arch_kwargs: constructor arguments of the network, e.g. ``{"num_classes": 5, "dropout": 0.5}``.
         init: ``"glorot_normal"`` (the papers' Gaussian Glorot), ``"kaiming_normal"`` or ``"default"``.
         optimizer: ``"adam"``, ``"sgd"`` or ``"adagrad"``.
@@ -104,9 +142,22 @@ class ImageClassifier(pl.LightningModule):
         momentum: SGD momentum (ignored by Adam/Adagrad).
         weight_decay: L2 penalty added by the optimizer (to all parameters).
         nesterov: Nesterov momentum for SGD.
-        warmup_steps: linear LR warmup from 0 over this many optimizer steps.
-        milestones: optimizer-step indices at which the LR is multiplied by ``gamma`` (e.g. ``[20000, 25000]``).
+        warmup_steps: linear LR warmup from 0 over this many optimizer steps (epochs with ``schedule_unit="epoch"``).
+        milestones: optimizer-step indices at which the LR is multiplied by ``gamma`` (e.g. ``[20000, 25000]``),
+            or epochs with ``schedule_unit="epoch"`` (e.g. ``[30, 60, 80]``).
         gamma: LR multiplier at each milestone.
+        cosine: multiply the LR by a cosine decay from 1 to 0 over the whole fit (``trainer.max_steps`` or
+            ``max_epochs`` worth of optimizer steps), as edge-popup trains.
+        supermask: ``{"keep": 0.5, "init": "signed_constant", "scale_fan": False}``: train an edge-popup
+            supermask over frozen random weights instead of the weights
+            (:class:`~lightning_lottery.supermask.EdgePopup`, whose own ``init`` replaces the one above).
+            ``None``: ordinary training.
+        schedule_unit: ``"step"`` (default) or ``"epoch"``: ``warmup_steps`` and ``milestones`` count epochs,
+            converted to optimizer steps by :meth:`configure_optimizers` with the trainer's epoch length
+            (:func:`steps_per_epoch`; needs ``max_epochs``). The warmup still rises every step, and milestone E
+            drops the LR at the first step of epoch E (0-based), after E full epochs, as the ImageNet recipes do.
+
+    Only parameters with ``requires_grad`` reach the optimizer (with a supermask: the scores).
 
     The network is the submodule ``model``, so parameter names are ``model.<layer>.weight``; the output
     layer's is :attr:`output_parameter` (e.g. ``"model.fc3.weight"``).
@@ -125,6 +176,9 @@ class ImageClassifier(pl.LightningModule):
         warmup_steps: int = 0,
         milestones: Sequence[int] = (),
         gamma: float = 0.1,
+        cosine: bool = False,
+        supermask: Mapping[str, Any] | None = None,
+        schedule_unit: str = "step",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -135,7 +189,11 @@ class ImageClassifier(pl.LightningModule):
         if lr <= 0 or weight_decay < 0:
             raise ValueError(f"lr must be > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
         self.schedule = WarmupMultiStep(warmup_steps, milestones, gamma)  # validates now, not at fit time
+        if schedule_unit not in SCHEDULE_UNITS:  # with "epoch", self.schedule counts epochs until configure time
+            raise ValueError(f"Unknown schedule_unit {schedule_unit!r}; valid: {', '.join(SCHEDULE_UNITS)}")
         self.model: nn.Module = build_model(arch, init=init, **dict(arch_kwargs or {}))
+        if supermask is not None:
+            EdgePopup(**dict(supermask)).apply(self.model)
         num_classes = int(self.model.num_classes)
         # One accumulator per split: validation-time test metrics and test_step must not share state.
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
@@ -212,7 +270,7 @@ class ImageClassifier(pl.LightningModule):
     def configure_optimizers(self) -> OptimizerLRScheduler:
         """A fresh optimizer (and LambdaLR stepped per optimizer step, if any schedule) on every call."""
         hp = self.hparams
-        params = self.parameters()
+        params = [p for p in self.parameters() if p.requires_grad]  # a supermask freezes the weights
         optimizer: torch.optim.Optimizer
         if hp.optimizer == "adam":
             optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
@@ -222,8 +280,26 @@ class ImageClassifier(pl.LightningModule):
             )
         else:
             optimizer = torch.optim.Adagrad(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        if not self.schedule.warmup_steps and not self.schedule.milestones:
+        cosine_steps = self._total_steps() if hp.get("cosine", False) else 0
+        if not self.schedule.warmup_steps and not self.schedule.milestones and not cosine_steps:
             return optimizer  # no scheduler: nothing to step after every optimizer step
-        schedule = WarmupMultiStep(self.schedule.warmup_steps, self.schedule.milestones, self.schedule.gamma)
+        warmup, milestones = self._schedule_in_steps()
+        schedule = WarmupMultiStep(warmup, milestones, self.schedule.gamma, cosine_steps)
         scheduler = LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def _schedule_in_steps(self) -> tuple[int, list[int]]:
+        """``(warmup_steps, milestones)`` in optimizer steps; epochs are converted with the attached trainer's
+        epoch length, afresh on every call (each pruning round's configure_optimizers gets its own)."""
+        warmup, milestones = self.schedule.warmup_steps, list(self.schedule.milestones)
+        if self.hparams.get("schedule_unit", "step") == "step":  # checkpoints from before schedule_unit: steps
+            return warmup, milestones
+        per_epoch = steps_per_epoch(self.trainer)
+        return warmup * per_epoch, [m * per_epoch for m in milestones]
+
+    def _total_steps(self) -> int:
+        """Optimizer steps of one fit (one round under the lottery callback), for the cosine schedule."""
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total) or total < 1:
+            raise ValueError("cosine=True needs a finite training length: set trainer max_steps or max_epochs")
+        return int(total)
