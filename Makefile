@@ -13,7 +13,7 @@ export LOTTERY_DATA ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install -c constraints.txt -e ".[dev,graph]"
 	touch $@
 
 install: $(STAMP)
