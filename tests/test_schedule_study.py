@@ -90,8 +90,11 @@ def _round_one_start(rewind: str) -> tuple[RoundStarts, LotteryTicketCallback, d
 
 
 @pytest.fixture(scope="module")
-def variants() -> dict[str, Any]:
-    return {rewind: _round_one_start(rewind) for rewind in ("none", "init", "reinit")}
+def variants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    # Module-scoped, so set up before the per-test working directory: run in a temporary one of its own.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("variants"))
+        return {rewind: _round_one_start(rewind) for rewind in ("none", "init", "reinit")}
 
 
 def test_the_three_variants_prune_the_same_weights(variants: dict[str, Any]):
