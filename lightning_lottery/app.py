@@ -40,7 +40,9 @@ class ConfigError(ValueError):
 def _build(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
     """Instantiate ``cfg.<group>``, turning Hydra's wrapped errors into one clear message naming the group."""
     try:
-        return instantiate(cfg[group], **kwargs)
+        # Plain dicts and lists, not OmegaConf nodes: modules save their arguments as hyperparameters, and a
+        # checkpoint holding OmegaConf objects cannot be resumed with torch.load(weights_only=True).
+        return instantiate(cfg[group], _convert_="all", **kwargs)
     except InstantiationException as err:
         cause = err.__cause__ or err
         target = OmegaConf.select(cfg, f"{group}._target_")

@@ -60,7 +60,7 @@ def test_random_tickets_keep_counts_at_other_positions(source: Path):
 
 
 def test_reinit_of_transferred_mask_uses_the_targets_own_init(source: Path):
-    lottery, recorder, target_init = _transfer(source, "reinit")
+    _lottery, recorder, target_init = _transfer(source, "reinit")
     ticket = Ticket.load(source / "round_02" / "ticket.safetensors")
     mask = ticket.masks["fc1.weight"]
     assert torch.equal(recorder.starts[2]["fc1.weight"], target_init["fc1.weight"] * mask)
@@ -71,7 +71,9 @@ def test_a_ticket_of_another_architecture_is_refused_before_training(source: Pat
     other = TinyNet(hidden=32, classes=5)
     lottery = LotteryTicketCallback(tickets=TicketSequence(source, reinit=["fc2.*"]), monitor="val_loss")
     train, val = loaders()
-    with pytest.raises(TicketError, match=r"(?s)ticket 0 of the transfer.*fc1.weight: ticket \(16, 8\) vs model \(32, 8\)"):
+    with pytest.raises(
+        TicketError, match=r"(?s)ticket 0 of the transfer.*fc1.weight: ticket \(16, 8\) vs model \(32, 8\)"
+    ):
         trainer(max_epochs=1, callbacks=[lottery]).fit(other, train, val)
     assert other.training_steps == 0
 
