@@ -155,7 +155,7 @@ def _identity(x: Tensor) -> Tensor:
 
 
 class MnistCNN(_Classifier):
-    """The small CNN of the small-network schedule study (papers.md): 2 convolutions + 1 linear layer.
+    """The small CNN of the small-network schedule study: 2 convolutions + 1 linear layer.
 
     ``conv1`` 16@5x5 (padding 2) -> leaky_relu -> 2x2 max pool -> ``conv2`` 32@5x5 (padding 2) -> leaky_relu ->
     2x2 max pool -> ``fc`` (output) -> sigmoid: 13,200 conv weights, 28,938 parameters on MNIST. The study
