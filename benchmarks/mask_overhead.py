@@ -8,6 +8,10 @@ Variants (same LightningModule, same in-memory batches, each one a full ``traine
 Time = median epoch time over epochs 1.. (epoch 0 warms up; ModelPruning prunes at its end). The ratio is
 variant / dense within each repeat (variants interleaved), then the median over repeats.
 
+Also measured: ``sqrt`` of a LeNet fc1-sized tensor that is 90% exact zeros vs. one of positive values. Adam takes
+the square root of its second moments every step, and those of masked weights are exactly zero (their gradients
+are zero, with our masks and with torch.nn.utils.prune alike); on some CPUs that costs several times more.
+
     python -m benchmarks mask_overhead [--models lenet300 conv2 resnet20] [--repeats 5]
 """
 
@@ -118,6 +122,23 @@ def _fit(name: str, variant: str, batches: Batches, accelerator: str) -> float:
     return statistics.median(timer.times[1:])
 
 
+def sqrt_of_zeros(repeats: int = 200) -> dict[str, float]:
+    """Median microseconds of ``sqrt`` on a 300x784 tensor: positive values vs. 90% exact zeros (Adam's masked
+    second moments)."""
+    g = torch.Generator().manual_seed(0)
+    dense = torch.rand(300, 784, generator=g) + 1e-3
+    sparse = dense * (torch.rand(300, 784, generator=g) >= SPARSITY)
+    out: dict[str, float] = {}
+    for name, tensor in (("positive", dense), ("90% zeros", sparse)):
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            tensor.sqrt()
+            times.append(time.perf_counter() - start)
+        out[name] = 1e6 * statistics.median(times)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -154,6 +175,13 @@ def main(argv: list[str] | None = None) -> None:
         f"training step at {SPARSITY:.0%} sparsity (median of {args.repeats})",
         rows,
         ["model", "variant", "ms/step", "ratio to dense"],
+    )
+    sqrt_us = sqrt_of_zeros()
+    emit({"benchmark": "mask_overhead", "measure": "sqrt_us_300x784", **sqrt_us, **machine()})
+    table(
+        "sqrt of Adam's second moments (300x784, median us)",
+        [[name, f"{us:.0f}"] for name, us in sqrt_us.items()],
+        ["values", "us"],
     )
 
 
