@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from benchmarks.common import emit, interleaved, machine, paired_ratios, table
-from benchmarks.mask_overhead import Batches
+from benchmarks.mask_overhead import Batches, random_masks
 from lightning_lottery import LotteryTicketCallback
 from lightning_lottery.core import install_masks, select_prunable
 from lightning_lottery.models.vision import LeNet300
@@ -33,16 +33,11 @@ from lightning_lottery.modules.classifier import ImageClassifier
 SPARSITY = 0.8
 
 
-def _masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    return {n: torch.rand(t.shape, generator=g) >= SPARSITY for n, t in select_prunable(model).items()}
-
-
 def plain(batches: Batches, masked: bool) -> float:
     torch.manual_seed(0)
     model = LeNet300()
     if masked:
-        for name, mask in _masks(model).items():
+        for name, mask in random_masks(model, SPARSITY).items():
             prune.custom_from_mask(getattr(model, name.split(".")[0]), "weight", mask)
     optimizer = torch.optim.Adam(model.parameters(), lr=1.2e-3)
     start = time.perf_counter()
@@ -67,7 +62,7 @@ def lightning(batches: Batches, masked: bool, profile: cProfile.Profile | None =
     clock = _Clock()
     callbacks: list[pl.Callback] = [clock]
     if masked:
-        install_masks(select_prunable(module), _masks(module))
+        install_masks(select_prunable(module), random_masks(module, SPARSITY))
         callbacks.append(LotteryTicketCallback(rounds=0, monitor=None, save_tickets=False, verbose=False))
     trainer = pl.Trainer(
         accelerator="cpu",

@@ -76,9 +76,10 @@ class Batches:
         return iter(self.batches)
 
 
-def _random_masks(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def random_masks(model: torch.nn.Module, sparsity: float = SPARSITY) -> dict[str, torch.Tensor]:
+    """Fixed random masks (seed 1) keeping about ``1 - sparsity`` of every prunable tensor."""
     g = torch.Generator().manual_seed(1)
-    return {n: torch.rand(t.shape, generator=g) >= SPARSITY for n, t in select_prunable(model).items()}
+    return {n: torch.rand(t.shape, generator=g) >= sparsity for n, t in select_prunable(model).items()}
 
 
 def _fit(name: str, variant: str, batches: Batches, accelerator: str) -> float:
@@ -88,7 +89,7 @@ def _fit(name: str, variant: str, batches: Batches, accelerator: str) -> float:
     timer = EpochTimer()
     callbacks: list[pl.Callback] = [timer]
     if variant == "lottery":
-        install_masks(select_prunable(model), _random_masks(model))
+        install_masks(select_prunable(model), random_masks(model))
         callbacks.append(LotteryTicketCallback(rounds=0, monitor=None, save_tickets=False, verbose=False))
     elif variant == "torch.prune":
         for tensor in select_prunable(model).values():

@@ -10,6 +10,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
+from tiny import trainer
 
 from lightning_lottery import LotteryTicketCallback
 from lightning_lottery.core import select_prunable
@@ -25,17 +26,7 @@ GCN_WEIGHTS = ("model.conv1.lin.weight", "model.conv2.lin.weight")
 
 
 def _trainer(**kwargs: Any) -> pl.Trainer:
-    options: dict[str, Any] = dict(
-        accelerator="cpu",
-        max_epochs=6,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    options.update(kwargs)
-    return pl.Trainer(**options)
+    return trainer(**{"max_epochs": 6, **kwargs})
 
 
 def _module(data: SyntheticGraphDataModule, **kwargs: Any) -> NodeClassifier:

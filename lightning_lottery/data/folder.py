@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_lottery.data.root import missing_data_error, resolve_data_root
+from lightning_lottery.data.vision import HeldOutSplits
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -143,7 +144,7 @@ class ImageFiles(Dataset[tuple[Tensor, int]]):
 # ---------------------------------------------------------------------------------------------- datamodules
 
 
-class ImageFolderDataModule(pl.LightningDataModule):
+class ImageFolderDataModule(HeldOutSplits, pl.LightningDataModule):
     """Any dataset in torchvision's ``ImageFolder`` layout: ``<root>/<folder>/<train_dir>/<class>/<image>`` and
     ``<root>/<folder>/<val_dir>/<class>/<image>`` (class folders sorted by name give labels 0..C-1).
 
@@ -348,22 +349,6 @@ class ImageFolderDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        """The held-out loader, or ``[held-out, test]`` with ``eval_test`` (dataloader_idx 0 and 1).
-
-        With ``val_size=0`` there is nothing to validate on: an empty list (Lightning skips validation).
-        """
-        if not self.val_size:
-            return []
-        val = self._loader(self.val_set, self.eval_batch_size)
-        return [val, self.test_dataloader()] if self.eval_test else val
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.eval_batch_size)
 
 
 class ImageNetDataModule(ImageFolderDataModule):

@@ -330,7 +330,39 @@ def _keep_classes(images: Tensor, labels: Tensor, classes: Sequence[int]) -> Spl
     return images[keep], new[keep]
 
 
-class ImageDataModule(pl.LightningDataModule):
+class HeldOutSplits:
+    """The three dataloaders of a datamodule with a held-out validation split, built by its ``_loader``.
+
+    Validation returns ``[validation, test]`` with ``eval_test`` (dataloader_idx 0 and 1), so test accuracy is
+    recorded at every validation; with ``val_size=0`` there is nothing to validate on: an empty list (Lightning
+    skips validation).
+    """
+
+    train_set: Any
+    val_set: Any
+    test_set: Any
+    batch_size: int
+    eval_batch_size: int
+    val_size: int
+    eval_test: bool
+
+    def _loader(self, dataset: Any, batch_size: int, shuffle: bool = False) -> DataLoader:
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        if not self.val_size:
+            return []
+        val = self._loader(self.val_set, self.eval_batch_size)
+        return [val, self.test_dataloader()] if self.eval_test else val
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.eval_batch_size)
+
+
+class ImageDataModule(HeldOutSplits, pl.LightningDataModule):
     """Base class: a train/val/test image dataset held in memory. Subclasses implement :meth:`load`.
 
     Args:
@@ -481,22 +513,6 @@ class ImageDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             collate_fn=_whole_batch,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        """The validation loader, or ``[validation, test]`` with ``eval_test`` (dataloader_idx 0 and 1).
-
-        With ``val_size=0`` there is nothing to validate on: an empty list (Lightning skips validation).
-        """
-        if not self.val_size:
-            return []
-        val = self._loader(self.val_set, self.eval_batch_size)
-        return [val, self.test_dataloader()] if self.eval_test else val
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.eval_batch_size)
 
 
 class MNISTDataModule(ImageDataModule):
