@@ -37,15 +37,18 @@ LABELS = {
 
 
 def _round_tickets(source: str | os.PathLike[str]) -> list[Path]:
-    """``round_XX/ticket.safetensors`` of a search's lottery folder (or of a run folder holding ``lottery/``)."""
+    """The ticket branch of every level of a search: ``round_XX/ticket/ticket.safetensors`` in its lottery folder
+    (or in a run folder holding ``lottery/``); folders of earlier versions hold ``round_XX/ticket.safetensors``."""
     folder = Path(source)
     if (folder / "lottery").is_dir():
         folder = folder / "lottery"
-    paths = sorted(folder.glob("round_*/ticket.safetensors"))
+    paths = sorted(folder.glob("round_*/ticket/ticket.safetensors")) or sorted(
+        folder.glob("round_*/ticket.safetensors")
+    )
     if not paths:
         raise FileNotFoundError(
-            f"No tickets under {folder}: expected round_XX/ticket.safetensors, as a lottery search writes them "
-            "(point at its run folder, its lottery/ folder, or list ticket files)"
+            f"No tickets under {folder}: expected round_XX/ticket/ticket.safetensors, as a lottery search writes "
+            "them (point at its run folder, its lottery/ folder, or list ticket files)"
         )
     return paths
 

@@ -97,7 +97,7 @@ def test_fast_preset_runs_end_to_end(recipe: str, tmp_path: Path):
     assert all(r["best"] is not None for r in history)
     lottery_dir = out / "lottery"
     assert (lottery_dir / "history.json").is_file()
-    assert (lottery_dir / f"round_{cfg.lottery.rounds:02d}" / "ticket.safetensors").is_file()
+    assert (lottery_dir / f"round_{cfg.lottery.rounds:02d}" / "ticket" / "ticket.safetensors").is_file()
     info = json.loads((out / "run.json").read_text())
     assert info["experiment"] == recipe and info["seed"] == cfg.seed
     assert (out / "report" / "report.md").is_file()

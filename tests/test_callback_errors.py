@@ -10,7 +10,7 @@ from tiny import TinyBase, TinyNet, loaders, trainer
 from torch import nn
 
 from lightning_lottery import LotteryTicketCallback
-from lightning_lottery._relaunch import check_strategy
+from lightning_lottery._relaunch import check_trainer
 
 
 @pytest.mark.parametrize(
@@ -25,9 +25,11 @@ from lightning_lottery._relaunch import check_strategy
         (dict(rounds=2, amount=[0.5, 0.2]), ValueError, "not strictly increasing"),
         (dict(rounds=2, amount=[0.2, 1.2]), ValueError, r"must lie in \(0, 1\)"),
         (dict(rounds=-1), ValueError, r"`rounds=-1` must be an int >= 0"),
-        (dict(rounds=1.5), ValueError, "rounds"),
+        (dict(rounds=1.5), TypeError, r"`rounds=1.5`: expected an int >= 0"),
         (dict(scope="layerwise"), ValueError, r"`scope='layerwise'` is not one of 'global', 'layer'"),
-        (dict(rewind="start"), ValueError, r"`rewind='start'` is not one of 'init', 'none', 'reinit'"),
+        (dict(rewind="start"), ValueError, r"`rewind='start'` is not one of 'init', a step k >= 0, 'epoch:E'"),
+        (dict(rewind="none"), ValueError, r"rewind='finetune'.*rewind='lr_rewind'"),
+        (dict(rewind="reinit"), ValueError, r"controls=\['reinit'\]"),
         (dict(rewind=-5), ValueError, "rewind"),
         (dict(rewind=True), ValueError, "rewind"),
         (dict(rewind="epoch:0"), ValueError, r"'epoch:E' \(E >= 1\)"),
@@ -36,7 +38,24 @@ from lightning_lottery._relaunch import check_strategy
         (dict(mode="best"), ValueError, r"`mode='best'` is not one of 'min', 'max'"),
         (dict(layer_amounts={"fc2.weight": 1.0}), ValueError, r"layer_amounts\['fc2.weight'\]=1.0"),
         (dict(seed="7"), TypeError, "seed"),
+        (dict(seed=1.5), TypeError, r"`seed=1.5`: expected an int or None"),
         (dict(parameters=[3]), TypeError, "parameters"),
+        (dict(parameters=5), TypeError, r"`parameters` must be parameter names or fnmatch patterns"),
+        (dict(exclude=[None]), TypeError, "exclude"),
+        (dict(amount="0.2"), TypeError, r"`amount='0.2'` is a string"),
+        (dict(layer_amounts="fc1.weight"), TypeError, r"`layer_amounts='fc1.weight'` must map names"),
+        (dict(dirpath=123), TypeError, r"`dirpath=123`: expected a folder path"),
+        (dict(save_tickets="no"), TypeError, r"`save_tickets='no'`: expected True or False"),
+        (dict(verbose=1), TypeError, "verbose"),
+        (dict(rewind_noise=float("nan")), ValueError, r"`rewind_noise=nan` must be a finite float >= 0"),
+        (dict(rewind_noise=-1), ValueError, r"`rewind_noise=-1` must be a finite float >= 0"),
+        (dict(rewind_noise=0.1), ValueError, r"scale of the 'noise' control branch: add 'noise' to `controls`"),
+        (dict(controls=["noise"]), ValueError, r"needs its scale: set `rewind_noise` > 0"),
+        (dict(controls=["reinit", "shuffle"]), ValueError, r"`controls` has unknown entries \['shuffle'\]"),
+        (dict(controls=["random", "random"]), ValueError, "names a control twice"),
+        (dict(controls=5), TypeError, "controls"),
+        (dict(monitor=3), TypeError, r"`monitor=3` must be a metric name or None"),
+        (dict(tickets="round_01"), TypeError, "`tickets` must be a TicketSequence"),
     ],
 )
 def test_constructor_rejects(kwargs, error, message):
@@ -70,20 +89,33 @@ def test_model_with_nothing_prunable_fails_before_training():
     _fit_must_fail(LotteryTicketCallback(), model, message="Nothing to prune")
 
 
-def test_rewind_step_beyond_round_zero_fails_before_training():
-    _fit_must_fail(
-        LotteryTicketCallback(rewind=500),
-        message=r"`rewind=500` is beyond round 0's length: it trains 8 optimizer steps",
-        max_epochs=2,
-    )
+@pytest.mark.parametrize(
+    ("rewind", "budget", "message"),
+    [
+        (500, dict(max_epochs=2), r"`rewind=500` is not inside round 0: it trains 8 optimizer steps"),
+        (8, dict(max_epochs=2), r"`rewind=8` is not inside round 0.*step k < 8"),
+        ("epoch:3", dict(max_epochs=2), r"`rewind='epoch:3'` is not inside round 0: it trains 8 optimizer steps"),
+        ("epoch:50", dict(max_epochs=None, max_steps=20), r"`rewind='epoch:50'`.*4 per epoch.*epoch < 5"),
+    ],
+)
+def test_rewind_point_beyond_round_zero_fails_before_training(rewind, budget, message):
+    _fit_must_fail(LotteryTicketCallback(rewind=rewind), message=message, **budget)
 
 
-def test_rewind_epoch_beyond_round_zero_fails_before_training():
-    _fit_must_fail(
-        LotteryTicketCallback(rewind="epoch:3"),
-        message=r"`rewind='epoch:3'` is beyond round 0's length: it trains max_epochs=2 epochs",
-        max_epochs=2,
-    )
+@pytest.mark.parametrize("budget", [dict(max_steps=0), dict(max_epochs=0)])
+def test_a_budget_of_nothing_fails_before_training(budget):
+    _fit_must_fail(LotteryTicketCallback(), message="trains nothing", **budget)
+
+
+def test_unwritable_artifact_folder_fails_before_training(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")  # unwritable even for root, unlike a chmod-ed folder
+    _fit_must_fail(LotteryTicketCallback(dirpath=tmp_path / "a_file" / "lottery"), message="cannot be written")
+
+
+def test_a_folder_holding_another_search_is_refused(tmp_path):
+    train, val = loaders()
+    trainer(callbacks=[LotteryTicketCallback(rounds=1, dirpath=tmp_path)], max_epochs=1).fit(TinyNet(), train, val)
+    _fit_must_fail(LotteryTicketCallback(rounds=1, dirpath=tmp_path), message="already holds the artifacts")
 
 
 def test_monitor_never_logged_fails_in_the_sanity_check():
@@ -115,12 +147,12 @@ def test_reinit_needs_a_rebuildable_module():
         def __init__(self, width: int) -> None:  # no save_hyperparameters(): cannot be rebuilt
             super().__init__(hidden=width)
 
-    _fit_must_fail(LotteryTicketCallback(rewind="reinit"), NeedsWidth(16), message="save_hyperparameters")
+    _fit_must_fail(LotteryTicketCallback(controls=["reinit"]), NeedsWidth(16), message="save_hyperparameters")
 
 
 def test_reinit_refuses_a_module_rebuilt_with_other_shapes():
     model = TinyBase(hidden=32)  # rebuilt from (empty) hparams with the default hidden=16
-    _fit_must_fail(LotteryTicketCallback(rewind="reinit"), model, message=r"builds a different network.*fc1.weight")
+    _fit_must_fail(LotteryTicketCallback(controls=["reinit"]), model, message=r"builds a different network.*fc1.weight")
 
 
 def test_reinit_refuses_a_module_stored_in_hparams():
@@ -130,24 +162,26 @@ def test_reinit_refuses_a_module_stored_in_hparams():
             self.save_hyperparameters()  # hparams == {"fc1": <the built module>}
 
     _fit_must_fail(
-        LotteryTicketCallback(rewind="reinit"),
+        LotteryTicketCallback(controls=["reinit"]),
         StoresNet(nn.Linear(8, 16)),
         message="reuses the existing network",
     )
 
 
+def _fake_trainer(strategy: object) -> types.SimpleNamespace:
+    return types.SimpleNamespace(strategy=strategy, callbacks=[], max_steps=-1, max_epochs=2)
+
+
 def test_sharded_strategies_are_refused():
-    fake = types.SimpleNamespace(strategy=FSDPStrategy.__new__(FSDPStrategy))
     with pytest.raises(ValueError, match=r"FSDPStrategy.*shard parameters"):
-        check_strategy(fake)  # type: ignore[arg-type]
+        check_trainer(_fake_trainer(FSDPStrategy.__new__(FSDPStrategy)))  # type: ignore[arg-type]
 
 
 def test_spawned_ddp_warns_that_results_stay_in_the_workers():
     from lightning.pytorch.strategies import DDPStrategy
 
-    fake = types.SimpleNamespace(strategy=DDPStrategy(start_method="spawn"))
     with pytest.warns(UserWarning, match="worker processes.*Read the artifacts"):
-        check_strategy(fake)  # type: ignore[arg-type]
+        check_trainer(_fake_trainer(DDPStrategy(start_method="spawn")))  # type: ignore[arg-type]
 
 
 def test_resuming_with_different_settings_is_refused():

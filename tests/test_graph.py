@@ -96,20 +96,22 @@ def test_default_selection_misses_pyg_linear_so_recipes_name_the_gcn_weights():
 
 
 @needs_pyg
-@pytest.mark.parametrize("rewind", ["init", "reinit"])
-def test_callback_masks_gcn_weights_during_training(rewind: str, tmp_path: Path):
+@pytest.mark.parametrize("controls", [[], ["reinit"]], ids=["ticket", "with-reinit"])
+def test_callback_masks_gcn_weights_during_training(controls: list[str], tmp_path: Path):
     data = SyntheticGraphDataModule()
     model = _module(data)
     lottery = LotteryTicketCallback(
-        rounds=2, amount=[0.5, 0.9], scope="global", parameters=["model.conv*.lin.weight"], rewind=rewind, seed=0
+        rounds=2, amount=[0.5, 0.9], scope="global", parameters=["model.conv*.lin.weight"], controls=controls, seed=0
     )
     watcher = MaskWatcher(lottery)
     trainer = _trainer(callbacks=[lottery, watcher])
     trainer.fit(model, data)
 
-    assert watcher.checked == 2 * 6  # every step of rounds 1 and 2
+    branches = 1 + len(controls)
+    assert watcher.checked == 2 * 6 * branches  # every step of every branch of levels 1 and 2
     total = sum(model.get_parameter(n.replace(".weight", ".weight_orig")).numel() for n in GCN_WEIGHTS)
-    assert [r["total"] - r["remaining"] for r in lottery.history] == [0, round(0.5 * total), round(0.9 * total)]
+    expected = [0] + [round(0.5 * total)] * branches + [round(0.9 * total)] * branches
+    assert [r["total"] - r["remaining"] for r in lottery.history] == expected
     assert set(lottery.history[-1]["tensor_sparsity"]) == set(GCN_WEIGHTS)
     assert not hasattr(model.model.fc, "weight_mask")  # the head stays dense
     assert all(r["best"] is not None and "test_acc" in r["metrics"] for r in lottery.history)

@@ -315,14 +315,14 @@ def test_optimizers() -> None:
 
 
 class _PrunedRoundStart(pl.Callback):
-    """Copies every ``*_orig`` tensor at the first training batch of the pruned round."""
+    """Copies every ``*_orig`` tensor at the first training batch of the pruned level's last branch (reinit)."""
 
     def __init__(self, lottery: LotteryTicketCallback) -> None:
         self.lottery = lottery
         self.start: dict[str, Tensor] = {}
 
     def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
-        if self.lottery.round == 1 and not self.start:
+        if (self.lottery.round, self.lottery.branch) == (1, "reinit") and not self.start:
             self.start = {n: p.detach().clone() for n, p in module.named_parameters() if n.endswith("_orig")}
 
 
@@ -331,10 +331,10 @@ def test_lottery_callback_prunes_and_trains_the_language_models(arch: str, corpu
     dm = tiny_datamodule(corpus_root, eval_test=True)
     torch.manual_seed(0)
     model = _module(arch, dm.vocab_size)
-    lottery = LotteryTicketCallback(rounds=1, amount=0.5, rewind="reinit", seed=0, verbose=False)
+    lottery = LotteryTicketCallback(rounds=1, amount=0.5, controls=["reinit"], seed=0, verbose=False)
     spy = _PrunedRoundStart(lottery)
     trainer(max_epochs=1, callbacks=[lottery, spy]).fit(model, datamodule=dm)
-    assert len(lottery.history) == 2
+    assert [(r["round"], r["branch"]) for r in lottery.history] == [(0, "ticket"), (1, "ticket"), (1, "reinit")]
     expected = (
         {"model.lstm.weight_ih_l0", "model.lstm.weight_hh_l1", "model.decoder.weight"}
         if arch == "lstm"

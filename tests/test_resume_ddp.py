@@ -40,23 +40,50 @@ def _assert_same_search(a: Path, b: Path, rank_a: int = 0, rank_b: int = 0) -> N
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("uninterrupted")
-    _run(out, "--shuffle")
-    return out
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The uninterrupted searches, by their settings."""
+    runs = {}
+    for name, args in SEARCHES.items():
+        runs[name] = tmp_path_factory.mktemp(name)
+        _run(runs[name], "--shuffle", *args)
+    return runs
+
+
+SEARCHES = {
+    "init": (),
+    "late-rewind-with-controls": ("--rewind", "5", "--controls", "reinit", "random"),
+}
 
 
 @pytest.mark.parametrize(
-    ("kill_epoch", "where"),
-    [(1, "mid-round: last checkpoint after epoch 0 of round 2"), (0, "round boundary: last checkpoint ends round 1")],
+    ("search", "kill", "finished"),
+    [
+        ("init", ("2", "ticket", "1"), [(0, "ticket"), (1, "ticket")]),
+        ("init", ("2", "ticket", "0"), [(0, "ticket"), (1, "ticket")]),
+        ("late-rewind-with-controls", ("1", "random", "1"), [(0, "ticket"), (1, "ticket"), (1, "reinit")]),
+        (
+            "late-rewind-with-controls",
+            ("2", "reinit", "2"),
+            [(0, "ticket"), *[(r, b) for r in (1, 2) for b in ("ticket", "reinit", "random")][:4]],
+        ),
+    ],
+    ids=[
+        "mid-branch: last checkpoint after epoch 0 of level 2",
+        "branch boundary: last checkpoint ends level 1",
+        "inside a control branch, mid-epoch resume point",
+        "inside a control branch of level 2",
+    ],
 )
-def test_sigkilled_search_resumes_to_the_same_masks_and_history(tmp_path, uninterrupted, kill_epoch, where):
-    _run(tmp_path, "--shuffle", "--kill-round", "2", "--kill-epoch", str(kill_epoch), expect_kill=True)
+def test_sigkilled_search_resumes_to_the_same_masks_and_history(tmp_path, uninterrupted, search, kill, finished):
+    round_index, branch, epoch = kill
+    args = SEARCHES[search]
+    kill_args = ("--kill-round", round_index, "--kill-branch", branch, "--kill-epoch", epoch)
+    _run(tmp_path, "--shuffle", *args, *kill_args, expect_kill=True)
     assert not (tmp_path / "result_rank0.json").exists()
     history = json.loads((tmp_path / "lottery" / "history.json").read_text())["history"]
-    assert [r["round"] for r in history] == [0, 1], "artifacts of finished rounds survive the kill"
-    _run(tmp_path, "--shuffle", "--resume")
-    _assert_same_search(uninterrupted, tmp_path)
+    assert [(r["round"], r["branch"]) for r in history] == finished, "artifacts of finished branches survive"
+    _run(tmp_path, "--shuffle", *args, "--resume")
+    _assert_same_search(uninterrupted[search], tmp_path)
 
 
 @pytest.mark.ddp
@@ -70,4 +97,5 @@ def test_ddp_ranks_hold_identical_masks_and_write_artifacts_once(tmp_path):
         assert total - record["remaining"] == round(total * (1 - 0.7**rounds))  # exact, from the masks
     writes = (tmp_path / "ticket_writes.log").read_text().split("\n")
     per_round = [w for w in writes if w.startswith(("0 round", "1 round"))]
-    assert sorted(per_round) == [f"0 round_0{r}" for r in range(4)], "round artifacts are written by rank 0 only"
+    expected = [f"0 round_0{r}/ticket" for r in range(4)]
+    assert sorted(per_round) == expected, "round artifacts are written by rank 0 only"

@@ -78,11 +78,20 @@ def test_callback_reaches_each_cumulative_target_exactly():
     assert kept == 5
 
 
-def _round_one_start(rewind: str) -> tuple[RoundStarts, LotteryTicketCallback, dict[str, torch.Tensor]]:
+def _level_one(rewind: str, controls: tuple[str, ...] = ()) -> tuple[RoundStarts, LotteryTicketCallback, dict]:
     torch.manual_seed(0)
     model = _model()
     theta0 = {name: model.get_parameter(name).detach().clone() for name in CONV}
-    lottery = LotteryTicketCallback(rounds=1, amount=[0.5], scope="global", parameters=CONV, rewind=rewind, seed=3)
+    lottery = LotteryTicketCallback(
+        rounds=1,
+        amount=[0.5],
+        scope="global",
+        parameters=CONV,
+        rewind=rewind,
+        controls=controls,
+        seed=3,
+        save_tickets=False,
+    )
     starts = RoundStarts()
     torch.manual_seed(1)
     _trainer([lottery, starts]).fit(model, _data())
@@ -91,14 +100,15 @@ def _round_one_start(rewind: str) -> tuple[RoundStarts, LotteryTicketCallback, d
 
 @pytest.fixture(scope="module")
 def variants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The study's variants: the ticket (θ₀) with its reinit control in one search, LR rewinding in another."""
     # Module-scoped, so set up before the per-test working directory: run in a temporary one of its own.
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(tmp_path_factory.mktemp("variants"))
-        return {rewind: _round_one_start(rewind) for rewind in ("none", "init", "reinit")}
+        return {"init": _level_one("init", ("reinit",)), "lr_rewind": _level_one("lr_rewind")}
 
 
-def test_the_three_variants_prune_the_same_weights(variants: dict[str, Any]):
-    masks = [variants[r][1].masks for r in ("none", "init", "reinit")]
+def test_the_variants_prune_the_same_weights(variants: dict[str, Any]):
+    masks = [variants[r][1].masks for r in ("lr_rewind", "init")]
     assert all(torch.equal(m[name], masks[0][name]) for m in masks for name in CONV)
     assert all(
         torch.equal(v[0].end_of_round0[n], variants["init"][0].end_of_round0[n])
@@ -113,18 +123,18 @@ def test_init_rewinds_to_theta0(variants: dict[str, Any]):
         assert torch.equal(starts.starts[1][name], theta0[name] * lottery.masks[name])
 
 
-def test_none_continues_from_the_trained_weights(variants: dict[str, Any]):
-    starts, lottery, theta0 = variants["none"]
+def test_lr_rewind_continues_from_the_trained_weights(variants: dict[str, Any]):
+    starts, lottery, theta0 = variants["lr_rewind"]
     for name in CONV:
         trained = starts.end_of_round0[name]
         assert not torch.equal(trained, theta0[name])
         assert torch.equal(starts.starts[1][name], trained * lottery.masks[name])
 
 
-def test_reinit_draws_a_fresh_initialisation(variants: dict[str, Any]):
-    starts, lottery, theta0 = variants["reinit"]
+def test_reinit_control_draws_a_fresh_initialisation(variants: dict[str, Any]):
+    starts, lottery, theta0 = variants["init"]
     for name in CONV:
-        start, mask = starts.starts[1][name], lottery.masks[name]
+        start, mask = starts.starts[2][name], lottery.masks[name]
         assert torch.all(start[~mask] == 0)
         assert not torch.equal(start[mask], theta0[name][mask])
         assert not torch.equal(start[mask], starts.end_of_round0[name][mask])

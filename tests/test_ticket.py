@@ -148,7 +148,7 @@ def test_callback_writes_round_artifacts(tmp_path: Path):
     train, val = loaders()
     trainer(max_epochs=1, callbacks=[lottery]).fit(TinyNet(), train, val)
     for r in range(3):
-        folder = tmp_path / "lottery" / f"round_{r:02d}"
+        folder = tmp_path / "lottery" / f"round_{r:02d}" / "ticket"
         summary = json.loads((folder / "summary.json").read_text())
         assert summary["record"]["round"] == r
         assert summary["record"]["sparsity"] == pytest.approx(lottery.history[r]["sparsity"])
@@ -156,6 +156,7 @@ def test_callback_writes_round_artifacts(tmp_path: Path):
         assert Ticket.load(folder / "ticket.safetensors").round == r
     history = json.loads((tmp_path / "lottery" / "history.json").read_text())
     assert [r["round"] for r in history["history"]] == [0, 1, 2]
+    assert history["finished"] is True and history["stopped"] is None
     assert not list((tmp_path / "lottery").rglob("*.tmp"))
 
 
@@ -183,13 +184,20 @@ def test_round_curves_and_listeners(tmp_path: Path):
 
     class Listener(pl.Callback):
         def on_lottery_round_end(self, trainer, pl_module, record, folder):
-            heard.append((record["round"], folder.name))
+            heard.append((record["round"], record["branch"], folder.relative_to(tmp_path).as_posix()))
+            if record["round"] > 0:  # the module still holds the branch's masks
+                for name, mask in lottery.masks.items():
+                    assert torch.equal(pl_module.get_submodule(name[: -len(".weight")]).weight_mask.bool(), mask)
 
-    lottery = LotteryTicketCallback(rounds=1, monitor="val_loss", dirpath=tmp_path)
+    lottery = LotteryTicketCallback(rounds=1, monitor="val_loss", dirpath=tmp_path, controls=["random"])
     train, val = loaders()
     trainer(max_epochs=3, callbacks=[lottery, Listener()]).fit(TinyNet(), train, val)
-    assert heard == [(0, "round_00"), (1, "round_01")]
-    with open(tmp_path / "round_01" / "curve.csv") as f:
+    assert heard == [
+        (0, "ticket", "round_00/ticket"),
+        (1, "ticket", "round_01/ticket"),
+        (1, "random", "round_01/random"),
+    ]
+    with open(tmp_path / "round_01" / "ticket" / "curve.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["round_step"]) for r in rows] == [4, 8, 12]
     assert {"val_loss", "val_acc", "epoch"} <= set(rows[0])

@@ -35,7 +35,7 @@ def _transfer(source: Path, variant: str) -> tuple[LotteryTicketCallback, Record
 
 def test_transferred_tickets_bring_source_masks_and_weights_and_a_fresh_dense_head(source: Path):
     lottery, recorder, target_init = _transfer(source, "transferred")
-    tickets = [Ticket.load(source / f"round_{r:02d}" / "ticket.safetensors") for r in range(3)]
+    tickets = [Ticket.load(source / f"round_{r:02d}" / "ticket" / "ticket.safetensors") for r in range(3)]
     assert [r["round"] for r in lottery.history] == [0, 1, 2]
     for r, (ticket, start) in enumerate(zip(tickets, recorder.starts)):
         mask = ticket.masks["fc1.weight"]
@@ -51,7 +51,7 @@ def test_transferred_tickets_bring_source_masks_and_weights_and_a_fresh_dense_he
 
 def test_random_tickets_keep_counts_at_other_positions(source: Path):
     lottery, recorder, _ = _transfer(source, "random")
-    ticket = Ticket.load(source / "round_02" / "ticket.safetensors")
+    ticket = Ticket.load(source / "round_02" / "ticket" / "ticket.safetensors")
     mask = lottery.masks["fc1.weight"]
     assert int(mask.sum()) == int(ticket.masks["fc1.weight"].sum())
     assert not torch.equal(mask, ticket.masks["fc1.weight"])
@@ -61,7 +61,7 @@ def test_random_tickets_keep_counts_at_other_positions(source: Path):
 
 def test_reinit_of_transferred_mask_uses_the_targets_own_init(source: Path):
     _lottery, recorder, target_init = _transfer(source, "reinit")
-    ticket = Ticket.load(source / "round_02" / "ticket.safetensors")
+    ticket = Ticket.load(source / "round_02" / "ticket" / "ticket.safetensors")
     mask = ticket.masks["fc1.weight"]
     assert torch.equal(recorder.starts[2]["fc1.weight"], target_init["fc1.weight"] * mask)
     assert torch.equal(recorder.starts[2]["fc1.bias"], target_init["fc1.bias"])

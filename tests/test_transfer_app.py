@@ -42,7 +42,7 @@ def _synthetic(shape: str) -> list[str]:
 
 
 def _tickets(run_dir: Path) -> list[Ticket]:
-    return [Ticket.load(p) for p in sorted((run_dir / "lottery").glob("round_*/ticket.safetensors"))]
+    return [Ticket.load(p) for p in sorted((run_dir / "lottery").glob("round_*/ticket/ticket.safetensors"))]
 
 
 @pytest.fixture(scope="module")

@@ -57,6 +57,20 @@ def _keep_position(module: nn.Module, before: list[str], old: str, new: str) -> 
     params.update(reordered)
 
 
+def _accept_dense_weights(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
+    """Let a dense state dict (``<name>`` with zeros where pruned, as checkpoints and fresh models have it) load
+    into a pruned module: its values go to ``<name>_orig`` and its nonzero pattern becomes the mask."""
+    for hook in module._forward_pre_hooks.values():
+        if not isinstance(hook, LotteryMask):
+            continue
+        key = prefix + hook._tensor_name
+        if key in state_dict and key + "_orig" not in state_dict:
+            value = state_dict.pop(key)
+            state_dict[key + "_orig"] = value
+            if key + "_mask" not in state_dict:
+                state_dict[key + "_mask"] = (value != 0).to(getattr(module, hook._tensor_name + "_mask").dtype)
+
+
 def _new_reparametrisation(module: nn.Module, attr: str, mask: Tensor) -> Tensor:
     """What ``BasePruningMethod.apply`` sets up (``<attr>_orig``, ``<attr>_mask``, the forward pre-hook), without
     its all-ones mask and product copies; ``prune.is_pruned`` and ``prune.remove`` work on it as usual."""
@@ -69,6 +83,9 @@ def _new_reparametrisation(module: nn.Module, attr: str, mask: Tensor) -> Tensor
     hook = LotteryMask(buffer)
     hook._tensor_name = attr
     module.register_forward_pre_hook(hook)
+    if not getattr(module, "_lottery_accepts_dense", False):
+        module.register_load_state_dict_pre_hook(_accept_dense_weights)
+        module._lottery_accepts_dense = True
     return buffer
 
 

@@ -21,13 +21,17 @@ def next_masks(
     round_index: int,
     pruning: str = "magnitude",
     generator: torch.Generator | None = None,
+    start_counts: Mapping[str, int] | None = None,
 ) -> Masks:
     """The masks of round ``round_index`` (>= 1), from the current (trained) weights and masks; CPU bool tensors.
 
     ``pruning="random"`` keeps the per-tensor counts magnitude pruning would give, at random positions.
+    ``start_counts``: weights per tensor unpruned at the start of the search (default: all), which the
+    schedule's rates apply to.
     """
     weights = {name: t.tensor.detach() for name, t in tensors.items()}
-    groups = schedule.groups({name: w.numel() for name, w in weights.items()}, round_index)
+    sizes = {name: w.numel() for name, w in weights.items()}
+    groups = schedule.groups({**sizes, **(start_counts or {})}, round_index)
     new = magnitude_masks(weights, masks, groups)
     if pruning == "random":
         if generator is None:

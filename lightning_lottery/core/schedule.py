@@ -119,7 +119,13 @@ class SparsitySchedule:
         return rate
 
     def groups(self, sizes: Mapping[str, int], round_index: int) -> list[PruneGroup]:
-        """The threshold groups after ``round_index`` rounds, with exact surviving counts."""
+        """The threshold groups after ``round_index`` rounds, with exact surviving counts.
+
+        Args:
+            sizes: the weights of each tensor that survive at the start of the search (its size when dense):
+                rates apply to what is still unpruned, so a search from a pruned model continues from its masks.
+            round_index: the level (0: no pruning).
+        """
         pooled = [n for n in sizes if self.override(n) is None]
         groups = []
         if self.scope == "global" and pooled:

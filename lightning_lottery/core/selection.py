@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from torch import Tensor, nn
-from torch.nn.utils import prune
+from torch.nn.utils import parametrize, prune
 
 _RNN_WEIGHT = re.compile(r"weight_(ih|hh)_l\d+(_reverse)?$")
 _ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
@@ -145,3 +145,21 @@ def select_prunable(
             "`parameters`/`exclude`. Pass `parameters=[...]` naming the tensors to prune."
         )
     return selected
+
+
+def parametrized_tensors(model: nn.Module) -> list[tuple[str, int]]:
+    """Weights of Linear/Conv/RNN layers computed by ``torch.nn.utils.parametrize`` (e.g. ``weight_norm``), with
+    their sizes: the default selection cannot see them, since their tensors live in ``parametrizations``."""
+    found = []
+    for module_name, module in model.named_modules():
+        if not isinstance(module, (nn.Linear, *_CONV, nn.RNNBase)) or not parametrize.is_parametrized(module):
+            continue
+        for attr in module.parametrizations:
+            if _is_default_prunable(module, attr) or attr == "weight":
+                found.append((f"{module_name}.{attr}" if module_name else attr, getattr(module, attr).numel()))
+    return found
+
+
+def uninitialized_parameters(model: nn.Module) -> list[str]:
+    """Names of lazy parameters not materialised yet (their shapes are unknown until a first forward)."""
+    return [name for name, p in model.named_parameters() if isinstance(p, nn.parameter.UninitializedParameter)]

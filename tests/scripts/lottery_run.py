@@ -31,20 +31,20 @@ def log_ticket_writes(out: Path) -> None:
     def save(ticket: Ticket, path: str | os.PathLike[str]) -> Path:
         rank = os.environ.get("LOCAL_RANK", "0")
         with open(out / "ticket_writes.log", "a") as f:
-            f.write(f"{rank} {Path(path).parent.name}\n")
+            f.write(f"{rank} {'/'.join(Path(path).parts[-3:-1])}\n")
         return original(ticket, path)
 
     Ticket.save = save  # type: ignore[method-assign]
 
 
 class KillAt(pl.Callback):
-    """SIGKILL this process at the start of epoch ``epoch`` of round ``round`` (after that round's checkpoints)."""
+    """SIGKILL this process at the start of epoch ``epoch`` of a branch (after that branch's checkpoints)."""
 
-    def __init__(self, lottery: LotteryTicketCallback, round_index: int, epoch: int) -> None:
-        self.lottery, self.round_index, self.epoch = lottery, round_index, epoch
+    def __init__(self, lottery: LotteryTicketCallback, round_index: int, branch: str, epoch: int) -> None:
+        self.lottery, self.where, self.epoch = lottery, (round_index, branch), epoch
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.lottery.round == self.round_index and trainer.current_epoch == self.epoch:
+        if (self.lottery.round, self.lottery.branch) == self.where and trainer.current_epoch == self.epoch:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -53,6 +53,8 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--kill-round", type=int)
     parser.add_argument("--kill-epoch", type=int, default=1)
+    parser.add_argument("--kill-branch", default="ticket")
+    parser.add_argument("--controls", nargs="*", default=[])
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--shuffle", action="store_true")
@@ -63,11 +65,13 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     log_ticket_writes(args.out)
     rewind = int(args.rewind) if args.rewind.isdigit() else args.rewind
-    lottery = LotteryTicketCallback(rounds=3, amount=0.3, rewind=rewind, monitor="val_loss", seed=1, verbose=False)
+    lottery = LotteryTicketCallback(
+        rounds=3, amount=0.3, rewind=rewind, controls=args.controls, monitor="val_loss", seed=1, verbose=False
+    )
     checkpoint = ModelCheckpoint(dirpath=args.out / "checkpoints", save_last=True, every_n_epochs=1, save_top_k=-1)
     callbacks: list[pl.Callback] = [lottery, checkpoint]
     if args.kill_round is not None:
-        callbacks.append(KillAt(lottery, args.kill_round, args.kill_epoch))
+        callbacks.append(KillAt(lottery, args.kill_round, args.kill_branch, args.kill_epoch))
     accelerator = os.environ.get("LOTTERY_TEST_ACCELERATOR", "cpu")
     trainer = pl.Trainer(
         accelerator=accelerator,
