@@ -217,4 +217,3 @@ def validate_scale(value: Any, argument: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"`{argument}={value!r}` must be a finite float >= 0")
     return float(value)
-
