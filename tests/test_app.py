@@ -57,6 +57,7 @@ def _offline_data(recipe: str, tmp: Path) -> list[str]:
 def test_the_recipes_we_promise_exist():
     expected = {"mnist_lenet300", "mnist_lenet5", "cifar10_conv2", "cifar10_conv4", "cifar10_conv6"}
     expected |= {"cifar10_vgg19", "cifar10_resnet20", "cifar10_resnet18", "wikitext2_lstm", "wikitext2_transformer"}
+    expected |= {"cifar10_conv2_dropout", "cifar10_conv4_dropout", "cifar10_conv6_dropout"}
     assert expected <= set(RECIPES)
 
 
