@@ -57,6 +57,7 @@ def _offline_data(recipe: str, tmp: Path) -> list[str]:
 def test_the_recipes_we_promise_exist():
     expected = {"mnist_lenet300", "mnist_lenet5", "cifar10_conv2", "cifar10_conv4", "cifar10_conv6"}
     expected |= {"cifar10_vgg19", "cifar10_resnet20", "cifar10_resnet18", "wikitext2_lstm", "wikitext2_transformer"}
+    expected |= {"cifar10_conv2_dropout", "cifar10_conv4_dropout", "cifar10_conv6_dropout"}
     assert expected <= set(RECIPES)
 
 
@@ -138,7 +139,8 @@ def test_console_command_runs_a_sweep_and_reports_it(tmp_path: Path):
         str(Path(sys.executable).parent / "lightning-lottery"),
         "-m",
         "preset=fast",
-        "lottery.rewind=init,reinit",
+        "lottery.controls=[reinit,random]",
+        "seed=0,1",
         "data=synthetic",
         "trainer.enable_progress_bar=false",
         f"hydra.sweep.dir={sweep}",
@@ -149,9 +151,10 @@ def test_console_command_runs_a_sweep_and_reports_it(tmp_path: Path):
     report = sweep / "report"
     assert (report / "summary.csv").is_file()
     text = (report / "report.md").read_text()
-    assert "ticket (rewind to θ₀)" in text and "random reinit" in text
-    pngs = list(report.glob("*.png"))
-    assert len(pngs) == 3 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert "ticket (rewind to θ₀)" in text and "random reinit" in text and "random pruning" in text
+    assert "(n=2)" in text, "the two seeds of each branch averaged, with their confidence interval"
+    pngs = list(report.glob("*.png"))  # metric, early stop, learning curves, layer-wise sparsity
+    assert len(pngs) == 4 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 
 def test_wandb_offline_run_records_per_round_metrics(tmp_path: Path, monkeypatch):

@@ -70,14 +70,15 @@ def test_load_from_checkpoint_needs_no_extra_arguments(tmp_path: Path) -> None:
 def test_logged_metric_names_with_test_evaluation() -> None:
     trainer = make_trainer(max_epochs=1)
     trainer.fit(ImageClassifier("lenet300"), small_data())
-    assert set(trainer.callback_metrics) == TRAIN_METRICS | {"val_loss", "val_acc", "test_loss", "test_acc"}
+    evaluated = {"train_acc", "val_loss", "val_acc", "test_loss", "test_acc"}
+    assert set(trainer.callback_metrics) == TRAIN_METRICS | evaluated
 
 
 def test_logged_metric_names_without_test_evaluation() -> None:
     model, dm = ImageClassifier("lenet300"), small_data(eval_test=False)
     trainer = make_trainer(max_epochs=1)
     trainer.fit(model, dm)
-    assert set(trainer.callback_metrics) == TRAIN_METRICS | {"val_loss", "val_acc"}
+    assert set(trainer.callback_metrics) == TRAIN_METRICS | {"train_acc", "val_loss", "val_acc"}
     (results,) = trainer.test(model, dm, verbose=False)
     assert set(results) == {"test_loss", "test_acc"}
 
@@ -256,3 +257,26 @@ def test_lenet300_learns_real_mnist_in_one_epoch(shared_data: Path) -> None:
     metrics = trainer.callback_metrics
     assert metrics["val_acc"] > 0.93 and metrics["test_acc"] > 0.93
     assert metrics["train_loss_epoch"] < 0.4
+
+
+def test_train_acc_at_each_validation_covers_the_batches_since_the_previous_one() -> None:
+    """Frankle & Carbin's train-test gap needs the training accuracy at the early-stop validation."""
+    correct: list[tuple[int, int]] = []  # per step: (correct predictions, batch size), before the step's update
+    seen: list[float] = []
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            x, y = batch
+            with torch.no_grad():  # lenet300 has no dropout: the training step's own predictions
+                correct.append((int((pl_module(x).argmax(1) == y).sum()), len(y)))
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if not trainer.sanity_checking:
+                seen.append(float(trainer.callback_metrics["train_acc"]))
+
+    trainer = make_trainer(max_steps=6, val_check_interval=2, check_val_every_n_epoch=None, callbacks=[Record()])
+    trainer.fit(ImageClassifier("lenet300", lr=1e-2), small_data(num_train=256))
+    windows = [correct[i : i + 2] for i in (0, 2, 4)]
+    expected = [sum(c for c, _ in w) / sum(n for _, n in w) for w in windows]
+    assert seen == pytest.approx(expected)
+    assert len(set(seen)) > 1, "a window of its own per validation, not one running mean"

@@ -80,9 +80,19 @@ def test_subset_keeps_the_first_training_nodes_and_eval_batch_size_is_accepted()
 def test_module_logs_the_vision_classifier_names_and_rebuilds_from_hparams():
     data = SyntheticGraphDataModule()
     model = _module(data)
-    trainer = _trainer(max_epochs=3)
+    at_validation: list[set[str]] = []
+
+    class Peek(pl.Callback):  # what the lottery callback reads at each validation
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if not trainer.sanity_checking:
+                at_validation.append(set(trainer.callback_metrics))
+
+    trainer = _trainer(max_epochs=3, callbacks=[Peek()])
     trainer.fit(model, data)
-    assert {"train_loss", "val_loss", "val_acc", "test_loss", "test_acc"} == set(trainer.callback_metrics)
+    names = {"train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"}
+    assert names == set(trainer.callback_metrics)
+    assert at_validation and all({"train_acc", "test_acc"} <= seen for seen in at_validation)
+    assert 0.0 <= float(trainer.callback_metrics["train_acc"]) <= 1.0
     fresh = type(model)(**model.hparams)  # what rewind="reinit" does
     assert fresh.state_dict().keys() == model.state_dict().keys()
     assert not torch.equal(fresh.model.conv1.lin.weight, model.model.conv1.lin.weight)

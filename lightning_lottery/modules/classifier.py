@@ -13,6 +13,9 @@ Logged metrics (``add_dataloader_idx=False``):
   batch, as the mean over the steps since the previous hand-over, weighted by their example count. Lightning's
   batch-size-weighted epoch mean then combines these exactly, and ``train_loss_step`` is the mean over the
   logging window (with ``log_every_n_steps=1``: each step's loss, as usual);
+* ``train_acc``: accuracy on the training batches seen since the previous validation (in training mode, dropout
+  included), logged with each validation, so that the record of the early-stop iteration has the training accuracy
+  of the steps leading to it (Frankle & Carbin's train-test gap at early stop). Counted on-device, no host sync;
 * ``val_loss``, ``val_acc``: on validation dataloader 0;
 * ``test_loss``, ``test_acc``: on validation dataloader 1 (a datamodule with ``eval_test=True`` passes the
   test set there, so test accuracy is known at the validation-selected early-stop iteration) and in
@@ -129,6 +132,27 @@ class _LossSum:
         return mean, count
 
 
+class _CorrectCount:
+    """Correct predictions and examples since the last pop, kept on-device (no host sync per step)."""
+
+    def __init__(self) -> None:
+        self.correct: Tensor | None = None
+        self.count = 0
+
+    def add(self, logits: Tensor, target: Tensor) -> None:
+        hits = (logits.argmax(dim=1) == target).sum()
+        self.correct = hits if self.correct is None else self.correct.add_(hits)
+        self.count += target.shape[0]
+
+    def pop(self) -> Tensor | None:
+        """Accuracy over what was added since the last pop, or None if nothing was."""
+        if self.correct is None or not self.count:
+            return None
+        accuracy = self.correct.float() / self.count
+        self.correct, self.count = None, 0
+        return accuracy
+
+
 class ImageClassifier(pl.LightningModule):
     """Cross-entropy image classification around a network from :func:`~lightning_lottery.models.vision.build_model`.
 
@@ -200,6 +224,7 @@ class ImageClassifier(pl.LightningModule):
         self.val_test_accuracy = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self._train_loss = _LossSum()
+        self._train_correct = _CorrectCount()
 
     @property
     def output_parameter(self) -> str:
@@ -209,13 +234,18 @@ class ImageClassifier(pl.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
+    def on_train_start(self) -> None:
+        self._train_correct = _CorrectCount()  # a new fit (or lottery branch) starts a new window
+
     def on_train_epoch_start(self) -> None:
         self._train_loss = _LossSum()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
-        loss = nn.functional.cross_entropy(self.model(x), y)
+        logits = self.model(x)
+        loss = nn.functional.cross_entropy(logits, y)
         self._train_loss.add(loss.detach(), y.shape[0])
+        self._train_correct.add(logits.detach(), y)
         if self._logger_writes_this_step() or self._last_step_of_epoch():
             mean, count = self._train_loss.pop()
             self.log("train_loss", mean, on_step=True, on_epoch=True, prog_bar=True, batch_size=count, sync_dist=True)
@@ -259,6 +289,12 @@ class ImageClassifier(pl.LightningModule):
             raise ValueError(
                 f"ImageClassifier expects at most 2 validation dataloaders (val, test), got #{dataloader_idx}"
             )
+
+    def on_validation_epoch_end(self) -> None:
+        # Every rank trained the same number of batches, so all log (or all skip: sanity check, validate()).
+        accuracy = self._train_correct.pop()
+        if accuracy is not None:
+            self.log("train_acc", accuracy, sync_dist=True)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluate(batch, "test", self.test_accuracy)

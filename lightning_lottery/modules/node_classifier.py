@@ -7,7 +7,8 @@ lottery callback's ``rewind="reinit"`` control) and ``load_from_checkpoint`` nee
 Batches are :class:`~lightning_lottery.data.graph.GraphBatch`\\ es: the whole graph and a node mask. Logged
 metrics, over the masked nodes (one batch per epoch, so each value is exact for its split):
 
-* ``train_loss``: once per epoch (= per optimizer step in full-batch training);
+* ``train_loss``, ``train_acc``: once per epoch (= per optimizer step in full-batch training), on the training
+  nodes in training mode (dropout included);
 * ``val_loss``, ``val_acc``: on validation dataloader 0;
 * ``test_loss``, ``test_acc``: on validation dataloader 1 (``eval_test=True``) and in ``test_step``.
 """
@@ -82,8 +83,11 @@ class NodeClassifier(pl.LightningModule):
     def training_step(self, batch: GraphBatch, batch_idx: int) -> Tensor:
         logits, y = self._scores(batch)
         loss = nn.functional.cross_entropy(logits, y)
-        # One step per epoch: logging per epoch gives exactly `train_loss` (no _step/_epoch variants).
-        self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        # One step per epoch: per-step values are the epoch's (no _step/_epoch variants), and unlike on_epoch values
+        # (computed after the epoch's validation) they reach the callbacks at this epoch's validation.
+        self.log("train_loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=len(y))
+        accuracy = (logits.detach().argmax(dim=1) == y).float().mean()
+        self.log("train_acc", accuracy, on_step=True, on_epoch=False, batch_size=len(y))
         return loss
 
     def _evaluate(self, batch: GraphBatch, prefix: str) -> None:
