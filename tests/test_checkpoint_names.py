@@ -80,3 +80,22 @@ def test_atomic_checkpoint_io_leaves_the_old_file_when_saving_fails(tmp_path: Pa
         AtomicCheckpointIO().save_checkpoint({"step": 2, "bad": Unpicklable()}, path)
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
     assert torch.load(path, weights_only=True) == {"step": 1}
+
+
+def test_checkpoints_to_a_memory_url():
+    import uuid
+
+    import fsspec
+
+    folder = f"memory://ckpt-{uuid.uuid4().hex}"
+    checkpoint = LotteryCheckpoint(dirpath=folder)
+    lottery = LotteryTicketCallback(rounds=1, monitor="val_loss")
+    train, val = loaders()
+    trainer(max_epochs=1, enable_checkpointing=True, callbacks=[lottery, checkpoint]).fit(TinyNet(), train, val)
+    fs = fsspec.filesystem("memory")
+    inner = folder.removeprefix("memory://")
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(inner, detail=False))
+    assert names == ["last.ckpt", "round=00-branch=ticket-step=4.ckpt", "round=01-branch=ticket-step=4.ckpt"]
+    with fs.open(f"{inner}/last.ckpt", "rb") as f:
+        assert torch.load(f, weights_only=True)["global_step"] == 4
+    fs.rm(inner, recursive=True)

@@ -211,3 +211,62 @@ def test_a_netrc_entry_counts_as_a_key(tmp_path: Path, online_without_credential
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # the key is found: the failure is the server
     with pytest.raises(WandbUnavailable, match="cannot reach"):
         check_wandb_usable(timeout=1)
+
+
+def test_control_branches_get_their_own_aliases_and_lines(tmp_path: Path, offline):
+    """Records of a search with control branches, as the lottery callback hands them over, one per (level, branch)."""
+    from types import SimpleNamespace
+
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    logger = WandbLogger(project="test", name="branches", save_dir=str(tmp_path), offline=True)
+    history = []
+    for level, branch, pct, acc in [(0, "ticket", 100.0, 0.9), (1, "ticket", 80.0, 0.92), (1, "random", 80.0, 0.85)]:
+        history.append(
+            {
+                "round": level,
+                "branch": branch,
+                "remaining_pct": pct,
+                "sparsity": 1 - pct / 100,
+                "best": 1 - acc,
+                "best_round_step": 6,
+                "metrics": {"test_acc": acc, "train_loss": 0.1},
+            }
+        )
+    lottery = SimpleNamespace(round=1, branch="random", history=history)
+    trainer = SimpleNamespace(
+        is_global_zero=True,
+        loggers=[logger],
+        callbacks=[lottery],
+        datamodule=None,
+        sanity_checking=False,
+        global_step=6,
+        callback_metrics={"val_acc": 0.5},
+    )
+    callback = WandbLottery(artifact_name="tickets-demo")
+    callback.setup(trainer, None, "fit")
+    for record in history:
+        folder = tmp_path / f"round_{record['round']:02d}" / record["branch"]
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text("{}")
+        lottery.round, lottery.branch = record["round"], record["branch"]
+        callback.on_validation_end(trainer, None)
+        callback.on_lottery_round_end(trainer, None, record, folder)
+    callback.on_fit_end(trainer, None)
+    wandb.finish()
+
+    log = _run_log(tmp_path)
+    tickets = [a for a in logged_artifacts(log) if a["type"] == "lottery-ticket"]
+    assert [sorted(a["aliases"]) for a in tickets] == [
+        ["latest", "round-00"],
+        ["latest", "round-01"],
+        ["latest", "round-01-random"],
+    ]
+    assert [a["metadata"]["branch"] for a in tickets] == ["ticket", "ticket", "random"]
+    keys = history_keys(log)
+    assert {"by_remaining/ticket/test_acc", "by_remaining/random/test_acc"} <= keys
+    assert {f"val_acc_by_level/{label}" for label in ("round_00-ticket", "round_01-ticket", "round_01-random")} <= keys
+    assert "lottery/test_acc_vs_remaining_table/_type" in keys and "overlay/val_acc_table/_type" in keys
+    assert not any(k.startswith("lottery/train_loss_vs_remaining") for k in keys)
+    assert callback.state_dict()["curves"]["round_01-random"] == [{"level_step": 6.0, "val_acc": 0.5}]
