@@ -91,7 +91,7 @@ def _callbacks(cfg: DictConfig, logger: Any) -> list[pl.Callback]:
     if type(logger).__name__ == "WandbLogger":
         from lightning_lottery.integrations.wandb import WandbLottery, ticket_artifact_name
 
-        name = ticket_artifact_name(cfg.experiment, _wandb_variant(cfg), cfg.seed)
+        name = ticket_artifact_name(cfg.experiment, _wandb_variant(_variant_label(cfg), cfg.lottery), cfg.seed)
         callbacks.append(WandbLottery(artifact_name=name, source_artifact=_wandb_source_artifact(cfg)))
     return callbacks
 
@@ -103,10 +103,8 @@ def _uses_wandb(cfg: DictConfig) -> bool:
     return str(OmegaConf.select(cfg, "logger._target_", default="")).endswith("WandbLogger")
 
 
-def _wandb_variant(cfg: DictConfig | dict) -> str:
+def _wandb_variant(label: str | None, lottery: Any) -> str:
     """The variant that types a W&B run (``job_type``): the run's label, else its rewind and pruning."""
-    label = _variant_label(cfg) if isinstance(cfg, DictConfig) else cfg.get("variant")
-    lottery = (cfg.get("lottery") if isinstance(cfg, DictConfig) else cfg.get("config", {}).get("lottery")) or {}
     return label or f"{lottery.get('rewind')}-{lottery.get('pruning')}"
 
 
@@ -120,7 +118,8 @@ def _wandb_source_artifact(cfg: DictConfig) -> str | None:
             info = json.loads((folder / "run.json").read_text())
             from lightning_lottery.integrations.wandb import ticket_artifact_name
 
-            return ticket_artifact_name(info["experiment"], _wandb_variant(info), info["seed"])
+            variant = _wandb_variant(info["variant"], info["config"].get("lottery") or {})
+            return ticket_artifact_name(info["experiment"], variant, info["seed"])
     return None
 
 
@@ -130,7 +129,8 @@ def _prepare_wandb(cfg: DictConfig) -> None:
 
     try:
         with open_dict(cfg.logger):
-            prepare_wandb_logger(cfg.logger, cfg.experiment, _wandb_variant(cfg), cfg.seed)
+            variant = _wandb_variant(_variant_label(cfg), cfg.lottery)
+            prepare_wandb_logger(cfg.logger, cfg.experiment, variant, cfg.seed)
     except WandbUnavailable as err:
         raise ConfigError(str(err)) from err
 
@@ -151,11 +151,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the search described by ``cfg``; returns the lottery history and where the run wrote."""
     out = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True)
+    if _uses_wandb(cfg):
+        _prepare_wandb(cfg)
     datamodule = _build(cfg, "data")
     _fill_from_data(cfg, datamodule)
     module = _build(cfg, "model")
-    if _uses_wandb(cfg):
-        _prepare_wandb(cfg)
     logger = _build(cfg, "logger") if cfg.get("logger") else False
     callbacks = _callbacks(cfg, logger)
     lottery = callbacks[0]

@@ -124,7 +124,7 @@ def restricted_load(
         >>> import pickle, numpy as np, tempfile, os
         >>> path = os.path.join(tempfile.mkdtemp(), "batch")
         >>> with open(path, "wb") as f:
-        ...     pickle.dump({"data": np.arange(3)}, f, protocol=2)
+        ...     pickle.dump({"data": np.arange(3)}, f, protocol=4)
         >>> restricted_load(path)["data"].tolist()
         [0, 1, 2]
     """

@@ -221,6 +221,7 @@ class WandbLottery(pl.Callback):
         if stage != "fit" or not trainer.is_global_zero:
             return
         runs = [logger.experiment for logger in _wandb_loggers(trainer)]
+        self._defined = set()
         for run in runs:
             run.define_metric(LEVEL_STEP, hidden=True)
             run.define_metric(REMAINING, hidden=True)
@@ -248,7 +249,7 @@ class WandbLottery(pl.Callback):
         """Log the DataModule's hyperparameters under ``data`` and stop Lightning from merging them into the
         top level, where e.g. its split ``seed`` would overwrite the job's ``seed``."""
         datamodule = trainer.datamodule
-        if datamodule is None or not getattr(datamodule, "_log_hyperparams", False):
+        if not runs or datamodule is None or not datamodule.hparams_initial:
             return
         hparams = dict(datamodule.hparams_initial)
         datamodule.save_hyperparameters(hparams, logger=False)  # public API: keep them, do not auto-log them
