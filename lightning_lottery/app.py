@@ -89,10 +89,50 @@ def _callbacks(cfg: DictConfig, logger: Any) -> list[pl.Callback]:
         if spec is not None:
             callbacks.append(_build(cfg.callbacks, name))
     if type(logger).__name__ == "WandbLogger":
-        from lightning_lottery.integrations.wandb import WandbLottery
+        from lightning_lottery.integrations.wandb import WandbLottery, ticket_artifact_name
 
-        callbacks.append(WandbLottery())
+        name = ticket_artifact_name(cfg.experiment, _wandb_variant(_variant_label(cfg), cfg.lottery), cfg.seed)
+        callbacks.append(WandbLottery(artifact_name=name, source_artifact=_wandb_source_artifact(cfg)))
     return callbacks
+
+
+# ---------------------------------------------------------------------------------------------------- W&B
+
+
+def _uses_wandb(cfg: DictConfig) -> bool:
+    return str(OmegaConf.select(cfg, "logger._target_", default="")).endswith("WandbLogger")
+
+
+def _wandb_variant(label: str | None, lottery: Any) -> str:
+    """The variant that types a W&B run (``job_type``): the run's label, else its rewind and pruning."""
+    return label or f"{lottery.get('rewind')}-{lottery.get('pruning')}"
+
+
+def _wandb_source_artifact(cfg: DictConfig) -> str | None:
+    """A transfer run's source ticket artifact, named from the source run's ``run.json`` (None if it has none)."""
+    source = (cfg.get("transfer") or {}).get("ticket")
+    if not source:
+        return None
+    for folder in (Path(source), Path(source).parent):
+        if (folder / "run.json").is_file():
+            info = json.loads((folder / "run.json").read_text())
+            from lightning_lottery.integrations.wandb import ticket_artifact_name
+
+            variant = _wandb_variant(info["variant"], info["config"].get("lottery") or {})
+            return ticket_artifact_name(info["experiment"], variant, info["seed"])
+    return None
+
+
+def _prepare_wandb(cfg: DictConfig) -> None:
+    """Name and group this job's W&B run, fail at once if W&B cannot log, close a run an earlier job left open."""
+    from lightning_lottery.integrations.wandb import WandbUnavailable, prepare_wandb_logger
+
+    try:
+        with open_dict(cfg.logger):
+            variant = _wandb_variant(_variant_label(cfg), cfg.lottery)
+            prepare_wandb_logger(cfg.logger, cfg.experiment, variant, cfg.seed)
+    except WandbUnavailable as err:
+        raise ConfigError(str(err)) from err
 
 
 def _write_run_info(cfg: DictConfig, out: Path) -> None:
@@ -111,6 +151,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the search described by ``cfg``; returns the lottery history and where the run wrote."""
     out = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True)
+    if _uses_wandb(cfg):
+        _prepare_wandb(cfg)
     datamodule = _build(cfg, "data")
     _fill_from_data(cfg, datamodule)
     module = _build(cfg, "model")
@@ -126,10 +168,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     report = None
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    if cfg.report and trainer.is_global_zero and not multirun:
+    if cfg.report and trainer.is_global_zero and (not multirun or _uses_wandb(cfg)):  # W&B gets the job's figures
         from lightning_lottery.report import write_report
 
         report = write_report([out], out / "report")
+    if _uses_wandb(cfg):
+        from lightning_lottery.integrations.wandb import WandbLottery, finish_open_run
+
+        for callback in (c for c in callbacks if isinstance(c, WandbLottery) and report is not None):
+            callback.log_report(trainer, report.parent)
+        finish_open_run()  # this job's run ends here: the next job of a multirun gets its own
     return {"history": lottery.history, "output_dir": str(out), "report": str(report) if report else None}
 
 

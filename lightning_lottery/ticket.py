@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,45 +17,13 @@ from torch import Tensor, nn
 from lightning_lottery.core import State, install_masks, remove_masks, select_prunable
 from lightning_lottery.core.selection import check_patterns, matches, named_tensor_sites
 from lightning_lottery.core.snapshot import canonical_tensors
+from lightning_lottery.io import atomic_write as atomic_write
+from lightning_lottery.io import atomic_write_csv as atomic_write_csv
+from lightning_lottery.io import atomic_write_json as atomic_write_json
+from lightning_lottery.io import is_local
 
 FORMAT = "lightning_lottery.ticket"
 FORMAT_VERSION = "1"
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=str)
-
-    atomic_write(path, write)
-
-
-def atomic_write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Rows of metrics as CSV; columns are the union of the rows' keys, first-seen order."""
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    atomic_write(path, write)
 
 
 class TicketError(ValueError):
@@ -108,9 +74,9 @@ class Ticket:
 
     # ------------------------------------------------------------------ files
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write one safetensors file (no pickled objects), atomically."""
-        path = Path(path)
+    def save(self, path: str | os.PathLike[str]) -> Path | str:
+        """Write one safetensors file (no pickled objects), atomically; ``path`` may be an fsspec URL (a ``str``)."""
+        path = Path(path) if is_local(path) else os.fspath(path)
         tensors = {f"mask/{n}": m.detach().to("cpu", torch.bool).contiguous() for n, m in self.masks.items()}
         tensors.update({f"weight/{n}": w.detach().cpu().contiguous().clone() for n, w in self.weights.items()})
         header = {

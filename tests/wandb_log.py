@@ -6,6 +6,7 @@ each with a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 las
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 from typing import Any
@@ -54,3 +55,33 @@ def artifacts(path: Path) -> list[tuple[str, str]]:
 
 def config_keys(path: Path) -> set[str]:
     return {item.key for r in records(path) if r.HasField("config") for item in r.config.update}
+
+
+def run_info(path: Path) -> dict[str, Any]:
+    """The run's id, name, group, job type and tags."""
+    run = next(r.run for r in records(path) if r.HasField("run"))
+    return {
+        "id": run.run_id,
+        "name": run.display_name,
+        "group": run.run_group,
+        "job_type": run.job_type,
+        "tags": list(run.tags),
+    }
+
+
+def config(path: Path) -> dict[str, Any]:
+    """The run's config as it ends up: later updates win, values JSON-decoded."""
+    out: dict[str, Any] = {}
+    for r in records(path):
+        items = r.run.config.update if r.HasField("run") else r.config.update if r.HasField("config") else []
+        for item in items:
+            out[item.key] = json.loads(item.value_json)
+    return out
+
+
+def logged_artifacts(path: Path) -> list[dict[str, Any]]:
+    """Every artifact the run logged: name, type, aliases, metadata."""
+    return [
+        {"name": a.name, "type": a.type, "aliases": list(a.aliases), "metadata": json.loads(a.metadata or "{}")}
+        for a in (r.artifact for r in records(path) if r.HasField("artifact"))
+    ]

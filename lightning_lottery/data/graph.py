@@ -10,24 +10,37 @@ test metrics are logged at every validation and can be read at the validation-se
 600 changes nothing) and ``eval_batch_size`` is accepted and ignored: evaluation is always full-batch. Both exist
 so that presets written for the image datamodules apply unchanged.
 
-Cora is read with PyTorch Geometric (``pip install 'lightning-lottery[graph]'``); the synthetic graph needs only
-torch.
+Cora's raw files are read without PyTorch Geometric (and without unpickling anything but plain data); the GCN
+model needs it (``pip install 'lightning-lottery[graph]'``), and so does downloading Cora. The synthetic graph
+needs only torch.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_lottery.data.root import missing_data_error, resolve_data_root
+from lightning_lottery.data.root import (
+    CorruptDataError,
+    missing_data_error,
+    removing_new_empty_folders,
+    resolve_data_root,
+)
+from lightning_lottery.data.safe_pickle import (
+    CONTAINER_GLOBALS,
+    NUMPY_GLOBALS,
+    SPARSE_GLOBALS,
+    SparseMatrixState,
+    restricted_load,
+)
 
 __all__ = [
     "CORA_FILES",
@@ -36,6 +49,7 @@ __all__ = [
     "GraphDataModule",
     "SyntheticGraphDataModule",
     "default_cache_dir",
+    "read_planetoid",
     "require_torch_geometric",
 ]
 
@@ -164,21 +178,93 @@ class GraphDataModule(pl.LightningDataModule):
         return {split: int(self.graph[f"{split}_mask"].sum()) for split in ("train", "val", "test")}
 
 
+def read_planetoid(folder: str | os.PathLike[str], prefix: str = "cora") -> dict[str, Tensor]:
+    """The graph and public split of a Planetoid dataset from its raw files ``ind.<prefix>.*`` in ``folder``.
+
+    The files are Python pickles; they are read with a restricted unpickler that builds numpy arrays, lists and
+    dicts only (scipy's sparse matrices become plain arrays), so a planted file cannot run code: it is refused
+    with an :class:`~lightning_lottery.data.safe_pickle.UnsafePickleError` naming it. The result matches PyTorch
+    Geometric's ``Planetoid(split="public")`` (the same node order, features, labels, masks and edge order: self
+    loops and duplicate edges dropped, edges sorted by target then source). Only the datasets whose test nodes
+    are contiguous (Cora, PubMed) are handled; Citeseer's isolated test nodes are not.
+    """
+    folder = Path(folder)
+    items = {part: _read_planetoid_part(folder / f"ind.{prefix}.{part}") for part in _PLANETOID_PARTS}
+    x = torch.cat([items["allx"], items["tx"]])
+    labels = torch.cat([items["ally"], items["ty"]])
+    test_index = items["test.index"]
+    num_nodes, num_train = len(x), len(items["y"])
+    if len(labels) != num_nodes or len(test_index) != len(items["tx"]) or int(test_index.max()) >= num_nodes:
+        raise CorruptDataError(
+            f"Planetoid files in {folder} disagree: {num_nodes} feature rows, {len(labels)} label rows, "
+            f"{len(test_index)} test indices for {len(items['tx'])} test rows (largest {int(test_index.max())})"
+        )
+    ordered = test_index.sort().values  # the test rows are stored in sorted-index order
+    x[test_index] = x[ordered]
+    y = labels.max(dim=1).indices
+    y[test_index] = y[ordered]
+    masks = {
+        "train_mask": torch.arange(num_nodes) < num_train,
+        "val_mask": (torch.arange(num_nodes) >= num_train) & (torch.arange(num_nodes) < num_train + 500),
+        "test_mask": torch.zeros(num_nodes, dtype=torch.bool).index_fill_(0, test_index, True),
+    }
+    return {"x": x, "edge_index": _edges_from_adjacency(items["graph"], num_nodes, folder), "y": y, **masks}
+
+
+_PLANETOID_PARTS = ("x", "y", "tx", "ty", "allx", "ally", "graph", "test.index")
+
+
+def _read_planetoid_part(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    if path.name.endswith(".test.index"):
+        try:
+            return torch.tensor([int(line) for line in path.read_text().split()], dtype=torch.long)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise CorruptDataError(f"{path} is not a list of node indices ({err})") from err
+    allowed = {**NUMPY_GLOBALS, **CONTAINER_GLOBALS, **SPARSE_GLOBALS}
+    value = restricted_load(path, allowed, what="a Planetoid file", contents="numpy arrays, sparse matrices, lists")
+    if path.name.endswith(".graph"):
+        if not isinstance(value, dict):
+            raise CorruptDataError(f"{path} is not an adjacency dict (got {type(value).__name__})")
+        return dict(value)
+    try:
+        array = value.to_dense() if isinstance(value, SparseMatrixState) else np.asarray(value)
+        if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+            raise ValueError(f"expected a 2-D numeric matrix, got shape {array.shape} of {array.dtype}")
+    except ValueError as err:
+        raise CorruptDataError(f"{path}: {err}") from err
+    return torch.from_numpy(np.ascontiguousarray(array)).float()
+
+
+def _edges_from_adjacency(adjacency: dict[Any, Any], num_nodes: int, folder: Path) -> Tensor:
+    """Directed edges (source, target) of an adjacency dict, without self loops or duplicates, in PyG's order."""
+    try:
+        sources = torch.tensor([int(node) for node, targets in adjacency.items() for _ in targets], dtype=torch.long)
+        targets = torch.tensor([int(t) for ts in adjacency.values() for t in ts], dtype=torch.long)
+    except (TypeError, ValueError) as err:
+        raise CorruptDataError(f"the adjacency dict in {folder} holds non-integer nodes ({err})") from err
+    if len(sources) and (min(sources.min(), targets.min()) < 0 or max(sources.max(), targets.max()) >= num_nodes):
+        raise CorruptDataError(f"the adjacency dict in {folder} names nodes outside 0..{num_nodes - 1}")
+    keep = sources != targets
+    keys = torch.unique(targets[keep] * num_nodes + sources[keep])  # sorted by target, then source
+    return torch.stack([keys % num_nodes, keys // num_nodes])
+
+
 class CoraDataModule(GraphDataModule):
     """Cora (2,708 papers, 1,433 bag-of-words features, 7 classes, 10,556 directed edges) with the standard
     public Planetoid split: 140 training, 500 validation and 1,000 test nodes.
 
-    The raw Planetoid files are read from ``<root>/Cora/raw`` and *copied* into ``cache_dir`` before loading:
-    PyG's ``Planetoid`` writes ``processed/`` next to ``raw/``, and the data root may be read-only shared data,
-    so nothing is ever written there. If the root lacks the files but the cache has them, the cache is used;
-    failing both, ``download=True`` lets PyG fetch them into the cache; otherwise a ``FileNotFoundError`` says
-    where to put them.
+    The raw Planetoid files are read from ``<root>/Cora/raw`` with :func:`read_planetoid` (a restricted
+    unpickler: the files are pickles, and a planted one cannot run code); nothing is written to the root. If the
+    root lacks them but ``cache_dir`` has them, the cache is used; failing both, ``download=True`` fetches them
+    into the cache (that needs PyTorch Geometric); otherwise a ``FileNotFoundError`` says where to put them.
 
     Args:
         root: data folder (``None``: ``$LOTTERY_DATA``, else ``./data``).
-        cache_dir: writable folder for the copy and PyG's processed file (default :func:`default_cache_dir`).
+        cache_dir: writable folder for downloaded files (default :func:`default_cache_dir`).
         normalize_features: scale each node's features to sum 1 (the preprocessing of Kipf & Welling's GCN).
-        download: let PyG download the files into the cache when neither root nor cache has them.
+        download: download the files into the cache when neither root nor cache has them.
         subset, eval_test, eval_batch_size: see :class:`GraphDataModule`.
     """
 
@@ -209,58 +295,39 @@ class CoraDataModule(GraphDataModule):
     def num_classes(self) -> int:
         return 7
 
-    def _stage_raw_files(self) -> None:
-        """Copy the raw files from the data root into the cache (atomically, only when they differ)."""
+    def raw_folder(self) -> Path:
+        """The folder holding the raw files: the data root's, else the cache's (downloading there if allowed)."""
         source = resolve_data_root(self.root) / "Cora" / "raw"
-        target = self.cache_dir / "Cora" / "raw"
-        if all((source / name).is_file() for name in CORA_FILES):
-            changed = False
-            target.mkdir(parents=True, exist_ok=True)
-            for name in CORA_FILES:
-                src, dst = source / name, target / name
-                if dst.is_file() and dst.read_bytes() == src.read_bytes():
-                    continue
-                # Through a temporary file and os.replace: a concurrent reader never sees half a file.
-                with (
-                    src.open("rb") as data,
-                    tempfile.NamedTemporaryFile(dir=target, prefix=f".{name}.", delete=False) as tmp,
-                ):
-                    shutil.copyfileobj(data, tmp)
-                os.replace(tmp.name, dst)
-                changed = True
-            if changed:  # PyG does not notice new raw files: drop a processed file made from older ones
-                shutil.rmtree(self.cache_dir / "Cora" / "processed", ignore_errors=True)
-            return
-        if all((target / name).is_file() for name in CORA_FILES):
-            return
+        cached = self.cache_dir / "Cora" / "raw"
+        for folder in (source, cached):
+            if all((folder / name).is_file() for name in CORA_FILES):
+                return folder
         if not self.download:
             raise missing_data_error("Cora", source.parent.parent, _CORA_EXPECTED)
+        self._download(cached)
+        return cached
 
-    def load(self) -> dict[str, Tensor]:
-        pyg = require_torch_geometric()
-        self._stage_raw_files()
+    def _download(self, folder: Path) -> None:
+        """Fetch the raw files into ``folder`` (each through a temporary name: no half files are left)."""
+        require_torch_geometric()
+        from torch_geometric.data import download_url
         from torch_geometric.datasets import Planetoid
 
         try:
-            # PyG's own reader for this standard public dataset: the Planetoid raw files are Python pickles
-            # (scipy sparse matrices, a dict of lists), which PyG unpickles itself (and which needs scipy).
-            dataset = Planetoid(str(self.cache_dir), "Cora", split="public")
-        except ImportError as err:
-            raise ImportError(f"Reading Cora with PyG {pyg.__version__} failed ({err}): {PYG_HINT}") from err
-        except OSError as err:  # a download that could not happen
+            with removing_new_empty_folders(folder):
+                folder.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryDirectory(dir=folder, prefix=".download.") as staging:
+                    for name in CORA_FILES:
+                        if not (folder / name).is_file():
+                            os.replace(download_url(f"{Planetoid.url}/{name}", staging, log=False), folder / name)
+        except Exception as err:  # offline, read-only cache: the same advice
             raise missing_data_error("Cora", resolve_data_root(self.root), _CORA_EXPECTED, err) from err
-        data = dataset[0]
-        x = data.x.float()
+
+    def load(self) -> dict[str, Tensor]:
+        graph = read_planetoid(self.raw_folder(), "cora")
         if self.normalize_features:
-            x = x / x.sum(dim=1, keepdim=True).clamp_min(1.0)
-        return {
-            "x": x,
-            "edge_index": data.edge_index.long(),
-            "y": data.y.long(),
-            "train_mask": data.train_mask.bool(),
-            "val_mask": data.val_mask.bool(),
-            "test_mask": data.test_mask.bool(),
-        }
+            graph["x"] = graph["x"] / graph["x"].sum(dim=1, keepdim=True).clamp_min(1.0)
+        return graph
 
 
 class SyntheticGraphDataModule(GraphDataModule):

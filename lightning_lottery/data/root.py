@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 ENV_VAR = "LOTTERY_DATA"
@@ -23,8 +25,33 @@ def missing_data_error(
 ) -> FileNotFoundError:
     """The error for data that is neither on disk nor downloadable, saying how to point at it."""
     reason = f" Downloading failed: {download_error}." if download_error is not None else ""
+    absent = "" if root.is_dir() else " (that folder does not exist)"
     return FileNotFoundError(
-        f"{dataset} not found under {root.resolve()} (expected {expected}).{reason} "
+        f"{dataset} not found under {root.resolve()}{absent} (expected {expected}).{reason} "
         f"Point at a folder that holds it with `data.root=<path>` (Hydra), the datamodule's `root` argument, "
         f"or the environment variable {ENV_VAR}=<path>."
     )
+
+
+class CorruptDataError(ValueError):
+    """A dataset file that exists but cannot be read (truncated, corrupt, or of another format); names the file."""
+
+
+@contextlib.contextmanager
+def removing_new_empty_folders(folder: Path) -> Iterator[None]:
+    """If the block fails, remove ``folder`` and those of its parents that it created, as long as they are empty.
+
+    A failed download (offline, read-only disk) then leaves no empty ``MNIST/raw`` behind, neither under a
+    mistyped root nor under ``./data``.
+    """
+    folder = Path(folder).absolute()
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    try:
+        yield
+    except BaseException:
+        for path in missing:
+            try:
+                path.rmdir()
+            except OSError:  # not empty (something was written), or already gone
+                break
+        raise

@@ -32,7 +32,7 @@ from torch import Tensor
 from torch import distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from lightning_lottery.data.root import missing_data_error, resolve_data_root
+from lightning_lottery.data.root import CorruptDataError, missing_data_error, resolve_data_root
 
 EOS = "<eos>"
 UNK = "<unk>"
@@ -42,9 +42,12 @@ SPLITS = ("train", "valid", "test")
 def read_words(path: str | os.PathLike[str]) -> Iterator[str]:
     """The tokens of a file: each line's whitespace-separated words followed by ``<eos>``."""
     with open(path, encoding="utf8") as f:
-        for line in f:
-            yield from line.split()
-            yield EOS
+        try:
+            for line in f:
+                yield from line.split()
+                yield EOS
+        except UnicodeDecodeError as err:
+            raise CorruptDataError(f"{path} is not UTF-8 text ({err})") from err
 
 
 class Vocabulary:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import functools
 import gzip
 import os
-import pickle
 import struct
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -28,7 +28,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_lottery.data.root import missing_data_error, resolve_data_root
+from lightning_lottery.data.root import (
+    CorruptDataError,
+    missing_data_error,
+    removing_new_empty_folders,
+    resolve_data_root,
+)
+from lightning_lottery.data.safe_pickle import NUMPY_GLOBALS, UnsafePickleError, restricted_load
 
 __all__ = [
     "BatchTransform",
@@ -121,6 +127,12 @@ def _whole_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
 
 # ---------------------------------------------------------------------------------------------- MNIST files
 
+
+def _stamp(paths: Iterable[Path]) -> tuple[int, ...]:
+    """Sizes and modification times: part of the read caches' keys, so a replaced file is read again."""
+    return tuple(n for path in paths for n in (path.stat().st_size, path.stat().st_mtime_ns))
+
+
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -145,20 +157,25 @@ def _mnist_paths(root: Path) -> dict[str, Path] | None:
 def read_idx(path: Path) -> np.ndarray:
     """An idx file of unsigned bytes (``.gz`` or plain) as a uint8 array of its declared shape."""
     opener: Callable[[Path], BinaryIO] = gzip.open if path.suffix == ".gz" else open  # type: ignore[assignment]
-    with opener(path) as f:
-        data = bytearray(f.read())  # writable, so torch.from_numpy needs no copy and gives no warning
+    try:
+        with opener(path) as f:
+            data = bytearray(f.read())  # writable, so torch.from_numpy needs no copy and gives no warning
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise CorruptDataError(f"{path} is truncated or corrupt ({type(err).__name__}: {err})") from err
     if len(data) < 4 or data[:3] != b"\x00\x00\x08":
-        raise ValueError(f"{path} is not an idx file of unsigned bytes (bad magic number)")
+        raise CorruptDataError(f"{path} is not an idx file of unsigned bytes (bad magic number)")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise CorruptDataError(f"{path} is truncated: its header is cut short")
     shape = struct.unpack(f">{ndim}I", bytes(data[4 : 4 + 4 * ndim]))
     array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if array.size != int(np.prod(shape)):
-        raise ValueError(f"{path} is truncated or corrupt: header says {shape}, found {array.size} bytes")
+        raise CorruptDataError(f"{path} is truncated or corrupt: header says {shape}, found {array.size} bytes")
     return array.reshape(shape)
 
 
 @functools.lru_cache(maxsize=2)
-def _read_mnist(paths: tuple[tuple[str, Path], ...]) -> dict[str, Split]:
+def _read_mnist(paths: tuple[tuple[str, Path], ...], stamp: tuple[int, ...]) -> dict[str, Split]:
     files = dict(paths)
     out = {}
     for split in ("train", "test"):
@@ -180,8 +197,17 @@ def load_mnist(root: str | os.PathLike[str] | None = None, download: bool = True
     base = resolve_data_root(root)
     paths = _mnist_paths(base)
     if paths is None:
-        paths = _download(base, "MNIST", _MNIST_EXPECTED, download, lambda: _torchvision_mnist(base), _mnist_paths)
-    return _read_mnist(tuple(sorted(paths.items())))
+        paths = _download(
+            base,
+            "MNIST",
+            _MNIST_EXPECTED,
+            download,
+            lambda: _torchvision_mnist(base),
+            _mnist_paths,
+            base / "MNIST" / "raw",
+        )
+    files = tuple(sorted(paths.items()))
+    return _read_mnist(files, _stamp(p for _, p in files))
 
 
 def _torchvision_mnist(root: Path) -> None:
@@ -197,12 +223,15 @@ def _download(
     allowed: bool,
     fetch: Callable[[], None],
     find: Callable[[Path], Any],
+    target: Path,
 ) -> Any:
-    """Try ``fetch()`` (a torchvision download) and ``find(root)`` again; else the missing-data error."""
+    """Try ``fetch()`` (a torchvision download into ``target``) and ``find(root)`` again; else the missing-data
+    error. Folders the failed download created are removed again."""
     if not allowed:
         raise missing_data_error(dataset, root, expected + "; download=False")
     try:
-        fetch()
+        with removing_new_empty_folders(target):
+            fetch()
     except Exception as err:  # offline, read-only folder, bad mirror: all end in the same advice
         raise missing_data_error(dataset, root, expected, err) from err
     found = find(root)
@@ -218,53 +247,20 @@ CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST = "test_batch"
 _CIFAR10_EXPECTED = f"{CIFAR10_FOLDER}/{{data_batch_1..5,test_batch}}"
 
-# ndarray.__reduce__ gives numpy's own _reconstruct (numpy.core in 1.x, numpy._core in 2.x): no private import
-_RECONSTRUCT = np.ndarray((0,)).__reduce__()[0]
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-}
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle referenced something other than the numpy array constructors CIFAR-10 batches need."""
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the numpy globals an ndarray needs and refuses every other global."""
-
-    def __init__(self, file: BinaryIO, source: str) -> None:
-        super().__init__(file, encoding="latin1")  # the batches were pickled by Python 2
-        self.source = source
-
-    def find_class(self, module: str, name: str) -> Any:
-        allowed = _ALLOWED_GLOBALS.get((module, name))
-        if allowed is None:
-            names = ", ".join(f"{m}.{n}" for m, n in _ALLOWED_GLOBALS)
-            raise UnsafePickleError(
-                f"Refusing to unpickle {self.source}: it references {module}.{name}, but a CIFAR-10 batch "
-                f"holds only numpy arrays (allowed globals: {names}). The file is not a genuine batch; "
-                "delete it and fetch the dataset again."
-            )
-        return allowed
-
 
 def restricted_pickle_load(path: str | os.PathLike[str]) -> Any:
     """Unpickle ``path`` allowing only numpy arrays, lists, dicts, strings and numbers (raises
     :class:`UnsafePickleError` for anything else: unpickling untrusted objects can run arbitrary code)."""
-    with open(path, "rb") as f:
-        return _NumpyOnlyUnpickler(f, str(path)).load()
+    return restricted_load(path, NUMPY_GLOBALS, what="a CIFAR-10 batch", contents="numpy arrays")
 
 
 def _cifar_batch(path: Path) -> Split:
     batch = restricted_pickle_load(path)
     if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
-        raise ValueError(f"{path} is not a CIFAR-10 batch (expected a dict with 'data' and 'labels')")
+        raise CorruptDataError(f"{path} is not a CIFAR-10 batch (expected a dict with 'data' and 'labels')")
     data = np.asarray(batch["data"], dtype=np.uint8)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(batch["labels"]):
-        raise ValueError(f"{path}: unexpected CIFAR-10 data shape {data.shape}")
+        raise CorruptDataError(f"{path}: unexpected CIFAR-10 data shape {data.shape}")
     images = torch.from_numpy(np.ascontiguousarray(data)).view(-1, 3, 32, 32)  # rows are R, G, B planes
     return images, torch.tensor(batch["labels"], dtype=torch.long)
 
@@ -276,7 +272,7 @@ def _cifar_paths(root: Path) -> Path | None:
 
 
 @functools.lru_cache(maxsize=1)
-def _read_cifar10(folder: Path) -> dict[str, Split]:
+def _read_cifar10(folder: Path, stamp: tuple[int, ...]) -> dict[str, Split]:
     train = [_cifar_batch(folder / name) for name in CIFAR10_TRAIN]
     return {
         "train": (torch.cat([x for x, _ in train]), torch.cat([y for _, y in train])),
@@ -296,9 +292,9 @@ def load_cifar10(root: str | os.PathLike[str] | None = None, download: bool = Tr
     folder = _cifar_paths(base)
     if folder is None:
         folder = _download(
-            base, "CIFAR-10", _CIFAR10_EXPECTED, download, lambda: _torchvision_cifar10(base), _cifar_paths
+            base, "CIFAR-10", _CIFAR10_EXPECTED, download, lambda: _torchvision_cifar10(base), _cifar_paths, base
         )
-    return _read_cifar10(folder)
+    return _read_cifar10(folder, _stamp(folder / name for name in (*CIFAR10_TRAIN, CIFAR10_TEST)))
 
 
 def _torchvision_cifar10(root: Path) -> None:
