@@ -16,11 +16,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from lightning_lottery.core import State, install_masks, remove_masks, select_prunable
+from lightning_lottery.core import State, install_masks, select_prunable
 from lightning_lottery.core.bits import pack_bits, unpack_bits
 from lightning_lottery.core.selection import check_patterns, matches, named_tensor_sites
 from lightning_lottery.core.snapshot import canonical_tensors
 from lightning_lottery.core.structure import NMStructure, random_nm_masks
+from lightning_lottery.export import ExportSummary as ExportSummary  # re-exported: the export used to live here
+from lightning_lottery.export import export_pruned as export_pruned
 
 FORMAT = "lightning_lottery.ticket"
 FORMAT_VERSION = "2"  # 2: masks may be bit-packed ("maskbits/<name>", shapes in the header's "mask_shapes")
@@ -324,32 +326,6 @@ def _ticket_tensors(path: Path, tensors: Mapping[str, Tensor], shapes: Mapping[s
     if problems:
         raise TicketError(f"{path}: masks and weights do not match:\n  " + "\n  ".join(problems))
     return masks, weights
-
-
-@dataclass(frozen=True)
-class ExportSummary:
-    """Parameter counts of an exported (permanently pruned) model."""
-
-    dense_parameters: int
-    nonzero_parameters: int
-
-    @property
-    def compression(self) -> float:
-        return self.dense_parameters / max(self.nonzero_parameters, 1)
-
-
-def export_pruned(model: nn.Module, path: str | os.PathLike[str] | None = None) -> ExportSummary:
-    """Make pruning permanent (``prune.remove``): a plain model with zeros, optionally saved as safetensors.
-
-    Returns the dense and nonzero parameter counts (the compression is their ratio).
-    """
-    remove_masks(model)
-    params = list(model.parameters())
-    summary = ExportSummary(sum(p.numel() for p in params), sum(int((p != 0).sum()) for p in params))
-    if path is not None:
-        state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-        atomic_write(Path(path), lambda tmp: save_file(state, tmp, metadata={"format": "lightning_lottery.export"}))
-    return summary
 
 
 def ticket_metadata(model_class: str, masks: Mapping[str, Tensor], extra: Mapping[str, Any]) -> dict[str, Any]:
