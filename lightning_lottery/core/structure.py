@@ -11,13 +11,14 @@ channels) is refused up front: :func:`check_structure` names it and its shape, a
 
 **Levels.** Level 1 prunes the trained dense weights straight to N:M, magnitude-selected within each group (one
 shot). This is NVIDIA's ASP recipe (Mishra et al. 2021, "Accelerating sparse deep neural networks": train dense,
-prune once to 2:4, retrain) and the setting in which Zhou et al. 2021 ("Learning N:M fine-grained structured sparse
-neural networks from scratch") compare against it; 2:4 is 50% sparsity, the regime where Frankle & Carbin (2019) find
-one-shot and iterative pruning alike (iterative pruning pays off at high sparsity). So ``amount``, ``scope`` and
-``layer_amounts`` play no part at level 1: every tensor ends at exactly N/M density. Levels r >= 2 (optional) prune
-``amount`` of the survivors per level, unstructured, inside the kept pattern (``scope`` and ``layer_amounts`` as
-usual, counted from the N:M level): groups then keep at most N, which the 2:4 kernels still run (the extra zeros save
-no time). The question "does rewinding find better N:M subnetworks than fine-tuning?" needs only level 1.
+prune once to 2:4, retrain), the baseline Zhou et al. 2021 ("Learning N:M fine-grained structured sparse neural
+networks from scratch") compare with; Frankle & Carbin (2019) find winning tickets by one-shot pruning as well, and
+what iterative pruning buys is smaller tickets, which N:M's fixed density (50% for 2:4) does not ask for. So
+``amount``, ``scope`` and ``layer_amounts`` play no part at level 1: every tensor ends at exactly N/M density. Levels
+r >= 2 (optional) prune ``amount`` of the survivors per level, unstructured, inside the kept pattern (``scope`` and
+``layer_amounts`` as usual, counted from the N:M level): groups then keep at most N, which the 2:4 kernels still run
+(the extra zeros save no time). The question "does rewinding find better N:M subnetworks than fine-tuning?" needs
+only level 1.
 
 **Controls.** The random-pruning control keeps the pattern: N random positions in each group of M, then (after level
 1) a random subset of the ticket's per-tensor count (:func:`random_nm_masks`). The reinit control keeps the ticket's
