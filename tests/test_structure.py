@@ -51,6 +51,15 @@ def test_parse_refuses_what_is_not_n_of_m(spec):
         NMStructure.parse(spec)
 
 
+def test_an_unquoted_yaml_2_4_gets_a_quoting_hint():
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.create("structure: 2:4").structure  # YAML 1.1 reads it as 2 * 60 + 4
+    with pytest.raises(ValueError, match=r"`structure=124` is not 'N:M'.*quote it: structure: '2:4'"):
+        NMStructure.parse(value)
+    assert NMStructure.parse(OmegaConf.create("structure: '2:4'").structure) == TWO_FOUR
+
+
 def test_parse_structure_none_is_unstructured():
     assert parse_structure(None) is None
     assert parse_structure("2:4") == TWO_FOUR

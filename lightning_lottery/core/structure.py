@@ -67,9 +67,11 @@ class NMStructure:
             return spec
         match = _SPEC.match(spec) if isinstance(spec, str) else None
         if match is None or not 0 < int(match[1]) < int(match[2]):
+            # YAML 1.1 (PyYAML, OmegaConf) reads an unquoted 2:4 as the base-60 integer 124.
+            hint = " (in YAML, quote it: structure: '2:4')" if isinstance(spec, int) else ""
             raise ValueError(
                 f"`structure={spec!r}` is not 'N:M' with integers 0 < N < M, e.g. '2:4' (2 of every 4 consecutive "
-                "weights kept: the pattern sparse tensor cores run)"
+                f"weights kept: the pattern sparse tensor cores run){hint}"
             )
         return cls(int(match[1]), int(match[2]))
 
