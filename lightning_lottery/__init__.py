@@ -6,7 +6,8 @@ Add :class:`LotteryTicketCallback` to any ``Trainer``; one ``trainer.fit`` runs 
 __version__ = "0.1.0"
 
 from lightning_lottery.callback import LotteryTicketCallback
-from lightning_lottery.ticket import ExportSummary, Ticket, TicketError, export_pruned
+from lightning_lottery.export import ExportSummary, export_pruned
+from lightning_lottery.ticket import Ticket, TicketError
 from lightning_lottery.transfer import TicketSequence
 
 __all__ = [

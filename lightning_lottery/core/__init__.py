@@ -14,15 +14,24 @@ from lightning_lottery.core.reparam import (
 from lightning_lottery.core.schedule import PruneGroup, SparsitySchedule, cumulative_sparsity, pruned_count
 from lightning_lottery.core.selection import PrunableTensor, select_prunable
 from lightning_lottery.core.snapshot import State, dense_state, load_dense_state
+from lightning_lottery.core.structure import (
+    NMStructure,
+    check_structure,
+    nm_masks,
+    random_nm_masks,
+    structured_next_masks,
+)
 
 __all__ = [
     "LotteryMask",
     "MaskEnforcer",
     "Masks",
+    "NMStructure",
     "PrunableTensor",
     "PruneGroup",
     "SparsitySchedule",
     "State",
+    "check_structure",
     "counts",
     "cumulative_sparsity",
     "current_masks",
@@ -30,8 +39,11 @@ __all__ = [
     "install_masks",
     "load_dense_state",
     "magnitude_masks",
+    "nm_masks",
     "pruned_count",
     "random_masks",
+    "random_nm_masks",
     "remove_masks",
     "select_prunable",
+    "structured_next_masks",
 ]

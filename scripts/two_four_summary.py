@@ -1,0 +1,147 @@
+"""Summarise a 2:4 rewinding vs fine-tuning comparison (scripts/lenet300_two_four.sh) from its history.json files.
+
+Layout read: ``OUT/seed<S>/rewind/**/history.json`` (level 0 dense; level 1: the 2:4 ticket rewound to θ₀ and the
+random 2:4 control) and ``OUT/seed<S>/finetune/**/history.json`` (level 1: the 2:4 mask on the trained weights,
+trained on). Every number is the metric at the branch's early stop (``record["metrics"]``: the validation with the
+best monitored value). Comparisons are paired by seed; the claim rule is in docs/sparse.md and ``verdict`` below.
+
+    python scripts/two_four_summary.py OUT [--metric test_acc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+# Two-sided 95% Student-t quantiles t(0.975, df), df = 1..30 (beyond: the normal quantile, within 0.09).
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+MIN_SEEDS = 3
+TOLERANCE = 0.2  # points: "matches dense" when the interval's lower end is above -0.2 points
+
+# (arm folder, level, branch) -> label
+ARMS = {
+    ("rewind", 0, "ticket"): "dense",
+    ("rewind", 1, "ticket"): "2:4 rewind θ₀",
+    ("rewind", 1, "random"): "random 2:4",
+    ("rewind", 1, "reinit"): "2:4 reinit",
+    ("finetune", 1, "ticket"): "2:4 fine-tune",
+}
+COMPARISONS = (
+    ("2:4 rewind θ₀", "2:4 fine-tune"),
+    ("2:4 rewind θ₀", "random 2:4"),
+    ("2:4 fine-tune", "random 2:4"),
+    ("2:4 rewind θ₀", "dense"),
+    ("2:4 fine-tune", "dense"),
+)
+
+
+class SummaryError(ValueError):
+    pass
+
+
+def interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and two-sided 95% Student-t confidence interval (the mean itself for one value)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, mean, mean
+    t = _T975[len(values) - 2] if len(values) - 1 <= len(_T975) else 1.96
+    half = t * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def verdict(a: str, b: str, differences: Sequence[float]) -> str:
+    """The claim rule: a label only from >= 3 seeds, and only when the 95% interval of the paired difference
+    excludes 0 (or, against dense, lies above -TOLERANCE points)."""
+    if len(differences) < MIN_SEEDS:
+        return f"no claim: {len(differences)} seeds (the rule needs {MIN_SEEDS})"
+    _, lo, hi = interval(differences)
+    if lo > 0:
+        return f"{a} better"
+    if hi < 0:
+        return f"{a} worse"
+    if b == "dense" and lo >= -TOLERANCE:
+        return f"{a} matches dense (within {TOLERANCE} points)"
+    return "no difference detected"
+
+
+def _history(folder: Path) -> list[dict[str, Any]]:
+    found = sorted(folder.rglob("history.json"))
+    if len(found) != 1:
+        raise SummaryError(f"{folder}: expected one history.json, found {len(found)}")
+    return json.loads(found[0].read_text())["history"]
+
+
+def _at_early_stop(record: Mapping[str, Any], metric: str, where: str) -> float:
+    metrics = record.get("metrics") or {}
+    if metric not in metrics:
+        raise SummaryError(f"{where}: no {metric!r} at early stop (it has {sorted(metrics)}); pick one with --metric")
+    value = float(metrics[metric])
+    return 100 * value if metric.endswith("acc") else value
+
+
+def collect(out: Path, metric: str) -> dict[str, dict[str, tuple[float, int | None]]]:
+    """{seed folder: {arm label: (metric at early stop, iterations to early stop within the branch)}}."""
+    seeds = sorted(p for p in out.glob("seed*") if p.is_dir())
+    if not seeds:
+        raise SummaryError(f"{out}: no seed*/ folders")
+    table: dict[str, dict[str, tuple[float, int | None]]] = {}
+    for seed in seeds:
+        row = table.setdefault(seed.name, {})
+        for arm in ("rewind", "finetune"):
+            if not (seed / arm).is_dir():
+                continue
+            for record in _history(seed / arm):
+                key = (arm, record["round"], record.get("branch", "ticket"))
+                if key in ARMS:
+                    where = f"{seed.name}/{arm} level {key[1]} {key[2]}"
+                    steps = record.get("best_round_step", record.get("best_step"))
+                    row[ARMS[key]] = (_at_early_stop(record, metric, where), steps)
+    return table
+
+
+def render(table: Mapping[str, Mapping[str, tuple[float, int | None]]], metric: str) -> str:
+    labels = [label for label in ARMS.values() if any(label in row for row in table.values())]
+    lines = [f"### {metric} at early stop ({len(table)} seeds; mean [95% CI])", "", "| arm | n | mean [95% CI] |"]
+    lines.append("|---|---:|---|")
+    for label in labels:
+        values = [row[label][0] for row in table.values() if label in row]
+        mean, lo, hi = interval(values)
+        lines.append(f"| {label} | {len(values)} | {mean:.2f} [{lo:.2f}, {hi:.2f}] |")
+    lines += ["", "### Paired differences (A − B, same seed)", "", "| A | B | n | mean [95% CI] | label |"]
+    lines.append("|---|---|---:|---|---|")
+    for a, b in COMPARISONS:
+        differences = [row[a][0] - row[b][0] for row in table.values() if a in row and b in row]
+        if not differences:
+            continue
+        mean, lo, hi = interval(differences)
+        lines.append(
+            f"| {a} | {b} | {len(differences)} | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] | {verdict(a, b, differences)} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--metric", default="test_acc")
+    args = parser.parse_args(argv)
+    try:
+        print(render(collect(args.out, args.metric), args.metric))
+    except (SummaryError, OSError, json.JSONDecodeError, KeyError) as err:
+        print(f"two_four_summary.py: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
