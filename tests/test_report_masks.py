@@ -12,7 +12,8 @@ import torch
 from tiny import TinyNet, loaders, trainer
 
 from lightning_lottery import LotteryTicketCallback, Ticket
-from lightning_lottery.report import write_report
+from lightning_lottery.report import collect_runs, write_report
+from lightning_lottery.report.oneshot import align_one_shot
 
 
 def _m(*rows: list[int]) -> torch.Tensor:
@@ -102,7 +103,7 @@ def test_overlaps_in_the_csv_by_hand(sweep: Path):
     assert _value(rows, "iterative", "ticket vs random", 2)["n"] == 1
     # One-shot vs iterative at matched sparsity (one-shot level 1 meets iterative level 2), paired by seed:
     # seed 0 identical (1), seed 1: fc1 {3} vs {2}, fc2 equal: 2/4.
-    across = _value(rows, "one-shot", "vs iterative", 1)
+    across = _value(rows, "one-shot", "vs iterative", 2)  # shown at the iterative level of its sparsity
     assert (across["jaccard"], across["jaccard_min"], across["jaccard_max"], across["n"]) == pytest.approx(
         (0.75, 0.5, 1.0, 2)
     )
@@ -115,8 +116,8 @@ def test_report_md_has_the_overlap_table_figure_and_per_layer_sparsity(sweep: Pa
     iterative = section[section.index("**iterative**") : section.index("**one-shot**")]
     assert "| Round | Weights remaining (%) | consecutive levels | between seeds | ticket vs random |" in iterative
     one_shot = section[section.index("**one-shot**") : section.index("![")]
-    # One-shot level 1 keeps 37.5%, as iterative level 2 does: the rows are the variant's own levels.
-    assert "| 1 | 37.5 | 0.375 [0.375–0.375] (0.375) | 0.500 (0.263) | 0.750 [0.500–1.000] (0.263) |" in one_shot
+    # One-shot level 1 keeps 37.5%, as iterative level 2 does: it is shown as level 2, dense level 0 left out.
+    assert "| 2 | 37.5 | 0.375 [0.375–0.375] (0.375) | 0.500 (0.263) | 0.750 [0.500–1.000] (0.263) |" in one_shot
     # Round 2 of consecutive levels: mean 0.6 with no spread (both seeds 3/5); chance in parentheses.
     assert "0.600 [0.600–0.600] (" in section
     figure = out / "masks" / "toy_mask_overlap.png"
@@ -124,7 +125,7 @@ def test_report_md_has_the_overlap_table_figure_and_per_layer_sparsity(sweep: Pa
     # Per-layer sparsity, mean over seeds: iterative level 1 prunes 2 of 4 (fc1) and 1 of 4 (fc2) in both seeds.
     assert "| 1 | 50.0 | 25.0 |" in section and "| 2 | 75.0 | 50.0 |" in section
     sparsity = _rows(out / "masks" / "layer_sparsity.csv")
-    one_shot = [r for r in sparsity if r["variant"] == "one-shot" and r["round"] == "1"]
+    one_shot = [r for r in sparsity if r["variant"] == "one-shot" and r["round"] == "2"]
     assert {r["tensor"]: float(r["sparsity_pct"]) for r in one_shot} == {"fc1.weight": 75.0, "fc2.weight": 50.0}
 
 
@@ -146,3 +147,30 @@ def test_a_real_search_reports_its_nested_levels(tmp_path: Path):
     # Magnitude pruning only shrinks masks: the overlap of level r with r-1 is the fraction it kept (0.5 each).
     assert [int(r["round"]) for r in rows] == [1, 2]
     assert [float(r["jaccard"]) for r in rows] == pytest.approx([0.5, 0.5], abs=0.01)
+
+
+def test_one_shot_runs_are_shown_at_the_iterative_level_of_their_sparsity(tmp_path: Path):
+    root = tmp_path / "sweep"
+    _run(root / "0", "iterative", 0, SEED0)
+    _run(root / "1", "one-shot", 0, [DENSE, SEED0[1]])  # 5 of 8 kept: iterative level 1
+    _run(root / "2", "one-shot", 0, [DENSE, SEED0[2]])  # 3 of 8 kept: iterative level 2
+    (root / "2" / "lottery" / "round_01" / "curve.csv").write_text("round_step,val_loss\n10,0.25\n")
+    runs = align_one_shot(collect_runs([root]))
+    shown = {str(run.run_dir.name): [r["round"] for r in run.records] for run in runs}
+    assert shown == {"0": [0, 1, 2], "1": [0, 1], "2": [0, 2]}
+    aligned = next(run for run in runs if run.run_dir.name == "2")
+    assert aligned.curve(2) == [{"round_step": 10.0, "val_loss": 0.25}]  # read from round_01 on disk
+    assert aligned.records[1]["level_on_disk"] == 1
+    out = tmp_path / "report"
+    write_report([root], out=out)
+    rows = [r for r in _rows(out / "summary.csv") if r["variant"] == "one-shot"]
+    assert sorted((r["round"], r["remaining_pct"]) for r in rows) == [
+        ("0", "100.0"),
+        ("0", "100.0"),
+        ("1", "62.5"),
+        ("2", "37.5"),
+    ]
+    # Without an iterative run the one-shot targets are numbered from the least sparse.
+    (root / "0" / "lottery" / "history.json").unlink()
+    ranked = {run.run_dir.name: [r["round"] for r in run.records] for run in align_one_shot(collect_runs([root]))}
+    assert ranked == {"1": [0, 1], "2": [0, 2]}

@@ -45,6 +45,7 @@ class MaskComparison:
         round: the level of ``b`` (the later level for ``"levels"``).
         a, b: what was compared, e.g. ``"round 3 ticket"`` or ``"seed 1"``.
         overlap: the Jaccard overlap, pooled and per tensor, with its chance level.
+        round_a: the level of ``a``.
     """
 
     kind: str
@@ -52,6 +53,7 @@ class MaskComparison:
     a: str
     b: str
     overlap: Overlap
+    round_a: int = -1
 
     @property
     def remaining_pct_a(self) -> float:
@@ -113,7 +115,7 @@ def level_overlaps(run: PathLike, branch: str = MAIN_BRANCH) -> list[MaskCompari
     levels = [(r, b[branch]) for r, b in find_tickets(run).items() if branch in b]
     return [
         MaskComparison(
-            "levels", r, f"round {p} {branch}", f"round {r} {branch}", jaccard(read_masks(pp), read_masks(rp))
+            "levels", r, f"round {p} {branch}", f"round {r} {branch}", jaccard(read_masks(pp), read_masks(rp)), p
         )
         for (p, pp), (r, rp) in pairwise(levels)
     ]
@@ -128,7 +130,8 @@ def branch_overlaps(run: PathLike, reference: str = MAIN_BRANCH) -> list[MaskCom
         base = read_masks(branches[reference])
         for name, path in branches.items():
             if name != reference:
-                comparisons.append(MaskComparison("branches", r, reference, name, jaccard(base, read_masks(path))))
+                overlap = jaccard(base, read_masks(path))
+                comparisons.append(MaskComparison("branches", r, reference, name, overlap, r))
     return comparisons
 
 
@@ -145,7 +148,7 @@ def seed_overlaps(
     for r in shared:
         for i, j in combinations(range(len(runs)), 2):
             overlap = jaccard(read_masks(tickets[i][r]), read_masks(tickets[j][r]))
-            comparisons.append(MaskComparison("seeds", r, labels[i], labels[j], overlap))
+            comparisons.append(MaskComparison("seeds", r, labels[i], labels[j], overlap, r))
     return comparisons
 
 
@@ -187,6 +190,7 @@ def run_overlaps(
             f"{run_a} round {ra} {branch_a}",
             f"{run_b} round {rb} {branch_b}",
             jaccard(read_masks(a[ra]), read_masks(b[rb]), common_only=True),
+            ra,
         )
         for ra, rb in pairs
     ]

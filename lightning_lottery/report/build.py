@@ -11,6 +11,7 @@ from lightning_lottery.report.aggregate import build_experiments, summary_rows
 from lightning_lottery.report.collect import collect_runs
 from lightning_lottery.report.figures import FigureFile, slug, write_figures
 from lightning_lottery.report.markdown import render
+from lightning_lottery.report.oneshot import align_one_shot
 from lightning_lottery.report.overlap import write_mask_analytics
 
 # Leading columns of summary.csv; the metric columns (at_best.*, final.*) follow, sorted.
@@ -63,7 +64,7 @@ def write_report(dirs: Sequence[Path | str], out: Path | str | None = None, metr
     dirs = [Path(d) for d in dirs]
     if not dirs:
         raise ValueError("write_report needs at least one folder to search")
-    runs = collect_runs(dirs)
+    runs = align_one_shot(collect_runs(dirs))
     experiments = build_experiments(runs, metric)
     first = dirs[0] if dirs[0].is_dir() else dirs[0].parent
     out = Path(out) if out is not None else first / "report"

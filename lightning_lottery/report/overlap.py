@@ -40,10 +40,12 @@ from lightning_lottery.analysis.masks import (
 )
 from lightning_lottery.report.collect import Run
 from lightning_lottery.report.figures import DPI, format_pct, remaining_ticks, slug
+from lightning_lottery.report.oneshot import shown_level
 
 FOLDER = "masks"  # under the report folder: the CSVs and figures of this section
 OVERLAP_CSV = "mask_overlap.csv"
 SPARSITY_CSV = "layer_sparsity.csv"
+_SAME_LEVEL = 0.005  # relative difference in % remaining of two seeds' tickets at one level
 _MAX_TABLE_TENSORS = 12  # wider per-layer tables go to the CSV only
 _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
 
@@ -62,8 +64,12 @@ class OverlapSeries:
     def label(self) -> str:
         return f"{self.variant}: {self.comparison}"
 
-    def add(self, comparison: MaskComparison) -> None:
-        r = comparison.round
+    def add(self, comparison: MaskComparison, level: int) -> None:
+        """Record ``comparison`` in the row of ``level``; two dense tickets (always equal) are left out."""
+        overlap = comparison.overlap
+        if overlap.kept_a == overlap.kept_b == overlap.total:
+            return
+        r = level
         self.jaccard.setdefault(r, []).append(comparison.overlap.jaccard)
         self.chance.setdefault(r, []).append(comparison.overlap.chance)
         self.remaining.setdefault(r, []).append(comparison.remaining_pct_b)
@@ -94,8 +100,13 @@ def _seed_pairs(a: Sequence[Run], b: Sequence[Run]) -> list[tuple[Run, Run]]:
     return paired or [(x, y) for x in a for y in b]
 
 
+def _distinct_seeds(x: Run, y: Run) -> bool:
+    return x.seed is None or y.seed is None or x.seed != y.seed
+
+
 def experiment_overlaps(runs: Sequence[Run]) -> list[OverlapSeries]:
-    """Every overlap series of one experiment's runs (variants in the order given)."""
+    """Every overlap series of one experiment's runs (variants in the order given), by the levels the report
+    shows (one-shot runs aligned with iterative ones)."""
     variants = _by_key(runs, "variant")
     series: list[OverlapSeries] = []
     for variant, members in variants.items():
@@ -103,20 +114,22 @@ def experiment_overlaps(runs: Sequence[Run]) -> list[OverlapSeries]:
         branches: dict[str, OverlapSeries] = {}
         for run in members:
             for c in level_overlaps(run.lottery_dir):
-                levels.add(c)
+                levels.add(c, shown_level(run, c.round))
             for c in branch_overlaps(run.lottery_dir):
-                branches.setdefault(c.b, OverlapSeries(variant, f"{MAIN_BRANCH} vs {c.b}")).add(c)
+                comparison = f"{MAIN_BRANCH} vs {c.b}"
+                branches.setdefault(c.b, OverlapSeries(variant, comparison)).add(c, shown_level(run, c.round))
         seeds = OverlapSeries(variant, "between seeds")
         for x, y in combinations(members, 2):
-            for c in run_overlaps(x.lottery_dir, y.lottery_dir):
-                seeds.add(c)
+            if _distinct_seeds(x, y):  # at the same % remaining: one-shot runs of other targets do not pair up
+                for c in run_overlaps(x.lottery_dir, y.lottery_dir, match="sparsity", tolerance=_SAME_LEVEL):
+                    seeds.add(c, shown_level(x, c.round_a))
         series += [s for s in (levels, seeds, *branches.values()) if s.jaccard]
     names = list(variants)
     for other in names[1:]:
         across = OverlapSeries(other, f"vs {names[0]}")
         for x, y in _seed_pairs(variants[other], variants[names[0]]):
-            for c in run_overlaps(y.lottery_dir, x.lottery_dir, match="sparsity"):  # keyed by x's levels
-                across.add(c)
+            for c in run_overlaps(y.lottery_dir, x.lottery_dir, match="sparsity"):  # in the rows of x's levels
+                across.add(c, shown_level(x, c.round))
         if across.jaccard:
             series.append(across)
     return series
@@ -130,7 +143,7 @@ def experiment_layer_sparsity(runs: Sequence[Run]) -> dict[str, dict[int, dict[s
         for run in members:
             for r, tensors in layer_sparsity(run.lottery_dir).items():
                 for name, sparsity in tensors.items():
-                    values.setdefault(r, {}).setdefault(name, []).append(100.0 * sparsity)
+                    values.setdefault(shown_level(run, r), {}).setdefault(name, []).append(100.0 * sparsity)
         out[variant] = {r: {n: statistics.fmean(v) for n, v in t.items()} for r, t in sorted(values.items())}
     return out
 
