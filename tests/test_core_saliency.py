@@ -327,3 +327,17 @@ def test_bad_arguments_are_refused_with_what_is_allowed():
         synflow_masks(model, tensors, groups, (3,), iterations=0)
     with pytest.raises(ValueError, match="NaN"):
         top_score_masks({"fc1.weight": torch.full((4, 3), float("nan"))}, {"fc1.weight": torch.ones(4, 3)}, groups[:0])
+
+
+def test_synflow_scores_deep_networks_in_float64_where_float32_overflows():
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(50, 50, bias=False) for _ in range(30)])
+    with torch.no_grad():
+        for layer in model:
+            layer.weight.normal_()  # |W|·1 is about 40 per layer: R ~ 40^30, beyond float32's 3.4e38
+    tensors = select_prunable(model)
+    with pytest.raises(ValueError, match=r"overflowed in torch\.float32"):
+        synflow_scores(model, tensors, (50,), dtype=torch.float32)
+    scores = synflow_scores(model, tensors, (50,))
+    assert all(s.dtype == torch.float64 and torch.isfinite(s).all() and (s > 0).all() for s in scores.values())
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the model itself stays float32

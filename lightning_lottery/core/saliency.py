@@ -12,8 +12,9 @@ Four criteria, each scoring every weight of the prunable tensors so that **highe
 - ``"synflow"`` (Tanaka et al. 2020, "Pruning neural networks without any data by iteratively conserving synaptic
   flow"): data-free and iterative. Every parameter and buffer is replaced by its absolute value, an all-ones input
   goes through the network in eval mode and R = Σ output, i.e. 1ᵀ(∏ₗ|Wₗ|)1 for a network without biases; the
-  score is |∂R/∂θ ⊙ θ|. Masks come from ``iterations`` (100 in the paper) rounds of scoring and pruning on an
-  exponential schedule: after iteration k, a fraction (keep / alive)^(k / iterations) of the weights survives.
+  score is |∂R/∂θ ⊙ θ|, computed in float64 by default (R overflows float32 in deep networks). Masks come from
+  ``iterations`` (100 in the paper) rounds of scoring and pruning on an exponential schedule: after iteration k,
+  a fraction (keep / alive)^(k / iterations) of the weights survives.
 
 Masks have exact counts per :class:`~lightning_lottery.core.schedule.PruneGroup` (global or per-layer, as the
 schedule's groups say) and break ties by position, through the same selection as magnitude pruning. Scoring
@@ -128,9 +129,13 @@ def synflow_scores(
     tensors: Mapping[str, PrunableTensor],
     input_shape: Sequence[int],
     masks: Mapping[str, Tensor] | None = None,
+    dtype: torch.dtype | None = torch.float64,
 ) -> Scores:
-    """One SynFlow scoring of the network linearised as |θ| (masked by ``masks``); touches no data."""
-    with _linearised(model, tensors) as magnitudes:
+    """One SynFlow scoring of the network linearised as |θ| (masked by ``masks``); touches no data.
+
+    ``dtype``: the precision of the scoring pass (``None``: the model's). R, a product of absolute weights over the
+    layers, overflows float32 in deep networks, so float64 by default."""
+    with _linearised(model, tensors, dtype) as magnitudes:
         return _synflow_pass(model, tensors, magnitudes, input_shape, _full_masks(tensors, masks))
 
 
@@ -146,9 +151,7 @@ def top_score_masks(scores: Mapping[str, Tensor], masks: Mapping[str, Tensor], g
     Raises:
         ValueError: a score is NaN.
     """
-    for name, score in scores.items():
-        if torch.isnan(score).any():
-            raise ValueError(f"saliency scores of {name!r} contain NaN: the scoring pass overflowed or diverged")
+    _check_numbers(scores)
     signed = any(bool((score < 0).any()) for score in scores.values())
     keys = {name: _order_keys(s) if signed else s for name, s in scores.items()}
     return magnitude_masks(keys, masks, groups)
@@ -161,18 +164,21 @@ def synflow_masks(
     input_shape: Sequence[int],
     masks: Mapping[str, Tensor] | None = None,
     iterations: int = 100,
+    dtype: torch.dtype | None = torch.float64,
 ) -> Masks:
     """SynFlow's iterative pruning: ``iterations`` rounds of scoring and pruning along an exponential schedule
-    down to each group's ``keep`` count; data-free (an all-ones input of ``input_shape``, no batch dimension)."""
+    down to each group's ``keep`` count; data-free (an all-ones input of ``input_shape``, no batch dimension).
+    ``dtype`` as for :func:`synflow_scores`."""
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"`iterations={iterations!r}` must be an int >= 1 (the paper uses 100)")
     current = _full_masks(tensors, masks)
     alive = {g: sum(int(current[n].count_nonzero()) for n in g.names) for g in groups}
-    with _linearised(model, tensors) as magnitudes:
+    with _linearised(model, tensors, dtype) as magnitudes:
         for k in range(1, iterations + 1):
             scores = _synflow_pass(model, tensors, magnitudes, input_shape, current)
             stage = [PruneGroup(g.names, _exponential_keep(alive[g], g.keep, k, iterations)) for g in groups]
-            current = {**current, **top_score_masks(scores, current, stage)}
+            _check_numbers(scores)
+            current = {**current, **magnitude_masks(scores, current, stage)}  # scores >= 0: rank them as they are
     return {name: current[name].cpu() for name in tensors}
 
 
@@ -290,14 +296,34 @@ def _untouched(model: nn.Module, train: bool) -> Iterator[None]:
 
 
 @contextmanager
-def _linearised(model: nn.Module, tensors: Mapping[str, PrunableTensor]) -> Iterator[dict[str, Tensor]]:
-    """SynFlow's linearised network: every floating-point parameter and buffer replaced by its absolute value, in
-    eval mode; yields |θ| of the prunable tensors. Everything is restored on exit."""
-    with _untouched(model, train=False), torch.no_grad():
-        for tensor in _state_tensors(model):
-            if tensor.is_floating_point():
-                tensor.abs_()
+def _linearised(
+    model: nn.Module, tensors: Mapping[str, PrunableTensor], dtype: torch.dtype | None
+) -> Iterator[dict[str, Tensor]]:
+    """SynFlow's linearised network, in eval mode: every floating-point parameter and buffer swapped for its absolute
+    value (in ``dtype`` if given); yields |θ| of the prunable tensors. The original tensors are swapped back on exit,
+    never written to."""
+    modes = {module: module.training for module in model.modules()}
+    params = list(dict.fromkeys(model.parameters()))
+    originals = [p.data for p in params]
+    buffers = [(m, name, b) for m in model.modules() for name, b in m._buffers.items() if b is not None]
+    swapped: dict[int, Tensor] = {}
+    try:
+        with torch.no_grad():
+            for p in params:
+                if p.is_floating_point():
+                    p.data = p.data.abs().to(dtype or p.dtype)
+            for module, name, buffer in buffers:
+                if buffer.is_floating_point():  # a buffer shared by several modules stays shared
+                    module._buffers[name] = swapped.setdefault(id(buffer), buffer.abs().to(dtype or buffer.dtype))
+        model.eval()
         yield {name: t.tensor.detach().clone() for name, t in tensors.items()}
+    finally:
+        for p, data in zip(params, originals):
+            p.data = data
+        for module, name, buffer in buffers:
+            module._buffers[name] = buffer
+        for module, mode in modes.items():
+            module.training = mode
 
 
 def _synflow_pass(
@@ -316,11 +342,23 @@ def _synflow_pass(
         output = model(ones)
         if not isinstance(output, Tensor):
             raise ValueError(f"SynFlow needs a model that returns one tensor, got {type(output).__name__}")
-        grads = torch.autograd.grad(output.sum(), params, allow_unused=True)
+        flow = output.sum()
+        if not torch.isfinite(flow):
+            raise ValueError(
+                f"SynFlow's R (the product of absolute weights over the layers) overflowed in {flow.dtype}: "
+                "score in float64 (dtype=torch.float64, the default)"
+            )
+        grads = torch.autograd.grad(flow, params, allow_unused=True)
     return {
         name: (torch.zeros_like(p) if g is None else (g * p).abs()).detach()
         for name, g, p in zip(tensors, grads, params)
     }
+
+
+def _check_numbers(scores: Mapping[str, Tensor]) -> None:
+    for name, score in scores.items():
+        if torch.isnan(score).any():
+            raise ValueError(f"saliency scores of {name!r} contain NaN: the scoring pass overflowed or diverged")
 
 
 def _exponential_keep(alive: int, keep: int, step: int, steps: int) -> int:
