@@ -34,7 +34,9 @@ RANDOM0 = [
 ONE_SHOT = {0: [DENSE, SEED0[2]], 1: [DENSE, RANDOM0[1]]}
 
 
-def _run(folder: Path, variant: str, seed: int, levels: list[dict], randoms: list[dict] = ()) -> None:
+def _run(
+    folder: Path, variant: str, seed: int, levels: list[dict], randoms: list[dict] = (), reinit: bool = False
+) -> None:
     lottery = folder / "lottery"
     history = []
     for r, masks in enumerate(levels):
@@ -57,6 +59,8 @@ def _run(folder: Path, variant: str, seed: int, levels: list[dict], randoms: lis
         )
     for r, masks in enumerate(randoms, start=1):
         Ticket(masks=masks, weights={}, round=r).save(lottery / f"round_{r:02d}" / "random" / "ticket.safetensors")
+    for r, masks in enumerate(levels[1:] if reinit else [], start=1):  # the ticket's own mask, fresh weights
+        Ticket(masks=masks, weights={}, round=r).save(lottery / f"round_{r:02d}" / "reinit" / "ticket.safetensors")
     settings = {"rounds": len(levels) - 1, "monitor": "val_loss", "mode": "min", "seed": seed, "rewind": "init"}
     (lottery / "history.json").write_text(json.dumps({"settings": settings, "history": history}))
     (folder / "run.json").write_text(json.dumps({"experiment": "toy", "variant": variant, "seed": seed}))
@@ -70,7 +74,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 @pytest.fixture
 def sweep(tmp_path: Path) -> Path:
     root = tmp_path / "sweep"
-    _run(root / "0", "iterative", 0, SEED0, RANDOM0)
+    _run(root / "0", "iterative", 0, SEED0, RANDOM0, reinit=True)
     _run(root / "1", "iterative", 1, SEED1)
     _run(root / "2", "one-shot", 0, ONE_SHOT[0])
     _run(root / "3", "one-shot", 1, ONE_SHOT[1])
@@ -101,6 +105,7 @@ def test_overlaps_in_the_csv_by_hand(sweep: Path):
     # Ticket vs random branch (seed 0 only): 2/8 and 2/4.
     assert _value(rows, "iterative", "ticket vs random", 1)["jaccard"] == pytest.approx(0.25)
     assert _value(rows, "iterative", "ticket vs random", 2)["n"] == 1
+    assert not any(r["comparison"] == "ticket vs reinit" for r in rows)  # the ticket's own mask: nothing to learn
     # One-shot vs iterative at matched sparsity (one-shot level 1 meets iterative level 2), paired by seed:
     # seed 0 identical (1), seed 1: fc1 {3} vs {2}, fc2 equal: 2/4.
     across = _value(rows, "one-shot", "vs iterative", 2)  # shown at the iterative level of its sparsity

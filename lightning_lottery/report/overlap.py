@@ -123,7 +123,9 @@ def experiment_overlaps(runs: Sequence[Run]) -> list[OverlapSeries]:
             if _distinct_seeds(x, y):  # at the same % remaining: one-shot runs of other targets do not pair up
                 for c in run_overlaps(x.lottery_dir, y.lottery_dir, match="sparsity", tolerance=_SAME_LEVEL):
                     seeds.add(c, shown_level(x, c.round_a))
-        series += [s for s in (levels, seeds, *branches.values()) if s.jaccard]
+        # A branch that trains the ticket's own mask (e.g. reinit) overlaps it fully at every level: left out.
+        differing = [b for b in branches.values() if any(v != 1.0 for vs in b.jaccard.values() for v in vs)]
+        series += [s for s in (levels, seeds, *differing) if s.jaccard]
     names = list(variants)
     for other in names[1:]:
         across = OverlapSeries(other, f"vs {names[0]}")
@@ -239,8 +241,9 @@ def write_mask_analytics(runs: Sequence[Run], out: Path) -> list[str]:
         "Jaccard overlap |A ∩ B| / |A ∪ B| of the weights two tickets keep, pooled over the pruned tensors. Cells: "
         "mean [min–max over seeds or seed pairs] (chance: the overlap of random masks with the same per-tensor "
         "counts). *Consecutive levels* compares each level with the one before (nested masks give the fraction "
-        "kept), *between seeds* every pair of seeds at a level, *ticket vs X* the branches of a level, *vs V* "
-        "another variant at the closest % of weights remaining. "
+        "kept), *between seeds* every pair of seeds at a level, *ticket vs X* the branches of a level (branches "
+        "that train the ticket's own mask, such as reinit, are left out), *vs V* another variant at the closest % "
+        "of weights remaining. "
         f"[`{FOLDER}/{OVERLAP_CSV}`]({FOLDER}/{OVERLAP_CSV}) and [`{FOLDER}/{SPARSITY_CSV}`]({FOLDER}/{SPARSITY_CSV}) "
         "have every value.",
         "",
