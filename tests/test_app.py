@@ -74,7 +74,8 @@ def test_recipe_composes_and_states_its_source(recipe: str, tmp_path: Path):
         assert cfg.data._target_.startswith("lightning_lottery.data.")
         assert cfg.lottery.seed == cfg.seed
     full, fast = _compose(recipe, tmp_path), _compose(recipe, tmp_path, "preset=fast")
-    assert fast.lottery.rounds < full.lottery.rounds or full.lottery.rounds == 0  # 0: supermask recipes
+    # 0: supermask recipes (dense round only); 1: one-shot recipes (nothing to shorten)
+    assert fast.lottery.rounds < full.lottery.rounds or full.lottery.rounds <= 1
     assert 0 < fast.trainer.max_steps <= 50
 
 
@@ -94,7 +95,7 @@ def test_fast_preset_runs_end_to_end(recipe: str, tmp_path: Path):
     history = result["history"]
     assert [r["round"] for r in history] == list(range(cfg.lottery.rounds + 1))
     if cfg.lottery.rounds:  # supermask recipes (edge-popup) train round 0 only
-        assert history[-1]["sparsity"] > history[1]["sparsity"] > 0
+        assert history[-1]["sparsity"] >= history[1]["sparsity"] > 0
     assert all(r["best"] is not None for r in history)
     lottery_dir = out / "lottery"
     assert (lottery_dir / "history.json").is_file()

@@ -187,3 +187,14 @@ def test_global_selection_on_large_tensors_matches_a_full_sort(case):
     dropped = torch.cat([weights[n].abs()[masks[n] & ~out[n]] for n in out])
     reference = torch.cat([weights[n].abs()[masks[n]] for n in out]).sort(descending=True).values[keep - 1]
     assert kept.min() == reference and dropped.max() <= reference
+
+
+def test_float64_weights_that_float32_cannot_tell_apart_keep_exact_counts():
+    from lightning_lottery.core import PruneGroup
+
+    # 1 - 1e-12, 1 and 1 + 2e-12 are one float32 number: the threshold must be found at the weights' precision.
+    weights = {"a": torch.tensor([1.0, 1.0 - 1e-12, 1.0 + 2e-12, 0.5], dtype=torch.float64)}
+    masks = {"a": torch.ones(4, dtype=torch.bool)}
+    for keep, expected in [(1, [False, False, True, False]), (2, [True, False, True, False])]:
+        kept = magnitude_masks(weights, masks, [PruneGroup(("a",), keep)])["a"]
+        assert kept.tolist() == expected

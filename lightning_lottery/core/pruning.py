@@ -45,7 +45,7 @@ def _threshold(weights: Sequence[Tensor], alive: Sequence[Tensor], full: Sequenc
     stride = max(1, total // _SAMPLE)
     sample = torch.cat(
         [
-            _scores(w.flatten()[::stride], a.flatten()[::stride], f).float().cpu()
+            _scores(w.flatten()[::stride], a.flatten()[::stride], f).double().cpu()
             for w, a, f in zip(weights, alive, full)
         ]
     )
@@ -56,7 +56,7 @@ def _threshold(weights: Sequence[Tensor], alive: Sequence[Tensor], full: Sequenc
         for w, a, f in zip(weights, alive, full):
             s = _scores(w, a, f)
             above += int((s > hi).count_nonzero())
-            candidates.append(s[(s > lo) & (s <= hi)].float().cpu())
+            candidates.append(s[(s > lo) & (s <= hi)].double().cpu())
         inside = torch.cat(candidates)
         need = keep - above
         if 0 < need <= inside.numel():

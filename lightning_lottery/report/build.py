@@ -11,6 +11,8 @@ from lightning_lottery.report.aggregate import build_experiments, summary_rows
 from lightning_lottery.report.collect import collect_runs
 from lightning_lottery.report.figures import FigureFile, parse_formats, slug, write_figures
 from lightning_lottery.report.markdown import render
+from lightning_lottery.report.oneshot import align_one_shot
+from lightning_lottery.report.overlap import write_mask_analytics
 
 # Leading columns of summary.csv; the metric columns (at_best.*, final.*) follow, sorted.
 SUMMARY_COLUMNS = (
@@ -79,7 +81,8 @@ def write_report(
     dirs = [Path(d) for d in dirs]
     if not dirs:
         raise ValueError("write_report needs at least one folder to search")
-    experiments = build_experiments(collect_runs(dirs), metric)
+    runs = align_one_shot(collect_runs(dirs))
+    experiments = build_experiments(runs, metric)
     first = dirs[0] if dirs[0].is_dir() else dirs[0].parent
     out = Path(out) if out is not None else first / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -93,5 +96,6 @@ def write_report(
         used.add(folder_name)
         figures[experiment.name] = write_figures(experiment, target, formats)
     path = out / "report.md"
-    path.write_text(render(experiments, figures, dirs, out) + "\n")
+    masks_section = write_mask_analytics(runs, out)
+    path.write_text("\n".join([render(experiments, figures, dirs, out), *masks_section]) + "\n")
     return path
