@@ -22,6 +22,7 @@ Everything is plain data (ints, floats, tensors), so checkpoints holding it load
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,8 +30,10 @@ import lightning.pytorch as pl
 from lightning.fabric.utilities.data import _set_sampler_epoch
 from lightning.pytorch.loops.fetchers import _DataLoaderIterDataFetcher
 
-from lightning_lottery._relaunch import restore_schedule
-from lightning_lottery._rng import restore_rng_state
+from lightning_lottery._relaunch import capture_schedule, restore_schedule
+from lightning_lottery._rng import collect_rng_state, restore_rng_state
+from lightning_lottery.core.levels import Rewind
+from lightning_lottery.core.snapshot import State, dense_state
 
 
 @dataclass
@@ -167,3 +170,110 @@ def reposition_after_checkpoint(trainer: pl.Trainer, epoch_rng: dict[str, Any] |
         position_data(trainer, trainer.fit_loop.epoch_progress.current.processed, batches, epoch_rng)
     restore_rng_state(rng)
     return positioned
+
+
+class RewindPointRecorder:
+    """Captures θ_k and its :class:`ResumePoint` while round 0 trains.
+
+    θ_k (the weights) is taken at the end of step k (or of epoch E); the rest right before round 0 goes on (the next
+    epoch starts, or the next batch is fetched), so everything round 0 did at that step (validation, checkpoints,
+    epoch-end hooks) is behind the point.
+    """
+
+    def __init__(self, rewind: Rewind) -> None:
+        self.rewind = rewind
+        self.point: ResumePoint | None = None
+        self.weights: State | None = None
+        self.pending: dict[str, Any] | None = None
+
+    @property
+    def done(self) -> bool:
+        return not self.rewind.late or self.point is not None
+
+    def after_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.done or self.pending is not None or self.rewind.kind != "step":
+            return
+        if trainer.global_step < self.rewind.value:
+            return
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        batch = progress.current.processed
+        at_epoch_end = batch >= trainer.num_training_batches or progress.is_last_batch
+        self.weights = dense_state(pl_module)
+        self.pending = {"step": trainer.global_step, "boundary": bool(at_epoch_end)}
+        if not at_epoch_end:
+            self.pending.update(epoch=trainer.current_epoch, batch=batch, loops=loop_state(trainer))
+
+    def after_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.done or self.pending is not None or self.rewind.kind != "epoch":
+            return
+        if trainer.current_epoch + 1 >= self.rewind.value:
+            self.weights = dense_state(pl_module)
+            self.pending = {"step": trainer.global_step, "boundary": True}
+
+    def before_epoch(self, trainer: pl.Trainer) -> None:
+        if self.pending is not None and self.pending["boundary"]:
+            self.finish(trainer, epoch=trainer.fit_loop.epoch_progress.current.processed, batch=0)
+
+    def before_batch(self, trainer: pl.Trainer, epoch_rng: dict[str, Any] | None) -> None:
+        if self.pending is not None and not self.pending["boundary"]:
+            self.finish(trainer, self.pending["epoch"], self.pending["batch"], epoch_rng)
+
+    def finish(self, trainer: pl.Trainer, epoch: int, batch: int, epoch_rng: dict[str, Any] | None = None) -> None:
+        """Complete the pending point (also when round 0 ends right at it)."""
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return
+        self.point = ResumePoint(
+            step=pending["step"],
+            epoch=epoch,
+            batch=batch,
+            loops=pending.get("loops") or loop_state(trainer),
+            schedule=capture_schedule(trainer),
+            rng=collect_rng_state(),
+            epoch_rng=epoch_rng if batch else None,
+            reload_epoch=trainer.fit_loop._last_train_dl_reload_epoch,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        point = self.point.to_state() if self.point is not None else None
+        return {"point": point, "weights": self.weights, "pending": self.pending}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.point = ResumePoint.from_state(state["point"]) if state["point"] is not None else None
+        self.weights = state["weights"]
+        self.pending = state["pending"]
+
+
+def check_rewind_point(trainer: pl.Trainer, rewind: Rewind) -> None:
+    """A rewind point round 0 never reaches is refused before round 0 trains."""
+    trainer.fit_loop.setup_data()  # what fit does first; the number of batches per epoch is known after it
+    total = trainer.estimated_stepping_batches
+    batches = trainer.num_training_batches
+    per_epoch = math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else math.inf
+    budget = f"max_epochs={trainer.max_epochs}, max_steps={trainer.max_steps}"
+    if rewind.kind == "epoch":
+        epoch = rewind.value
+        if math.isfinite(total) and math.isfinite(per_epoch) and epoch * per_epoch >= total:
+            raise ValueError(
+                f"`rewind='epoch:{epoch}'` is not inside round 0: it trains {int(total)} optimizer steps, "
+                f"{per_epoch} per epoch ({budget}); rewind to an epoch < {math.ceil(total / per_epoch)}"
+            )
+        return
+    if math.isfinite(total) and rewind.value >= total:
+        raise ValueError(
+            f"`rewind={rewind.value}` is not inside round 0: it trains {int(total)} optimizer steps ({budget}); "
+            f"rewind to a step k < {int(total)}"
+        )
+
+
+def check_workers(trainer: pl.Trainer, late_rewinding: bool) -> None:
+    """Set up the training data; refuse persistent workers when branches resume round 0 in mid-training."""
+    trainer.fit_loop.setup_data()
+    loader = trainer.fit_loop._combined_loader
+    loaders = loader.flattened if loader is not None else []
+    if late_rewinding and any(getattr(dl, "persistent_workers", False) for dl in loaders):
+        raise ValueError(
+            "Late rewinding resumes round 0 in the middle of its training, but the training DataLoader has "
+            "persistent_workers=True: its workers' random state cannot be put back where round 0's was. Use "
+            "persistent_workers=False (workers restart each epoch, seeded as in round 0)."
+        )

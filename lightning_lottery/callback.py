@@ -1,8 +1,8 @@
 """``LotteryTicketCallback``: the whole lottery-ticket search inside one ``trainer.fit``.
 
-The callback is an adapter: the plan of levels and branches, masks, criteria and snapshots are the pure-torch
-``core``; resuming round 0 at a point is ``_resume``; the fit-loop relaunch ``_relaunch``; files ``_artifacts``;
-what is shown ``_display``. Here they are tied to Lightning's hooks.
+The callback is an adapter: the settings, the plan of levels and branches, masks, criteria and snapshots are the
+pure-torch ``core``; resuming round 0 at a point is ``_resume``; the fit-loop relaunch ``_relaunch``; validations
+``_metrics``; files ``_artifacts``; what is shown ``_display``. Here they are tied to Lightning's hooks.
 """
 
 from __future__ import annotations
@@ -21,8 +21,20 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lightning_lottery import _artifacts, _display, _relaunch
-from lightning_lottery._resume import ResumePoint, loop_state, new_iterator, reposition_after_checkpoint, resume_at
+from lightning_lottery import _artifacts, _display, _relaunch, io
+from lightning_lottery._at_init import masks_at_init
+from lightning_lottery._metrics import BranchMetrics
+from lightning_lottery._reinit import fresh_initialisation
+from lightning_lottery._resume import (
+    ResumePoint,
+    RewindPointRecorder,
+    check_rewind_point,
+    check_workers,
+    loop_state,
+    new_iterator,
+    reposition_after_checkpoint,
+    resume_at,
+)
 from lightning_lottery._rng import collect_rng_state, derive_seed, restore_rng_state
 from lightning_lottery.core import (
     MaskEnforcer,
@@ -35,74 +47,38 @@ from lightning_lottery.core import (
     install_masks,
     select_prunable,
 )
-from lightning_lottery.core.levels import (
-    CONTROLS,
-    Branch,
-    Rewind,
-    SearchPlan,
-    branch_start,
-    check_finite,
-    parse_controls,
-    validate_scale,
-)
+from lightning_lottery.core.early_bird import EarlyBirdTracker
+from lightning_lottery.core.levels import CONTROLS, Branch, Rewind, SearchPlan, branch_start, check_finite
 from lightning_lottery.core.reparam import lottery_hooks
 from lightning_lottery.core.rounds import next_masks, rewind
+from lightning_lottery.core.search import DEFINING, SearchSettings, check_type
 from lightning_lottery.core.selection import parametrized_tensors, uninitialized_parameters
-from lightning_lottery.core.snapshot import state_mismatches
+from lightning_lottery.core.structure import check_structure
 from lightning_lottery.ticket import Ticket, ticket_metadata
 from lightning_lottery.transfer import TicketSequence
 
 _STATE_VERSION = 2
-# Settings that define a search: resuming with other values would mix two searches.
-_FIXED_SETTINGS = (
-    "transfer",
-    "rounds",
-    "amount",
-    "scope",
-    "layer_amounts",
-    "parameters",
-    "exclude",
-    "rewind",
-    "controls",
-    "rewind_noise",
-    "pruning",
-    "monitor",
-    "mode",
+# What a checkpoint holds of the search besides its parts' own state (saved under the names without "_").
+_STATE = (
+    "position",
+    "finished",
+    "stopped",
+    "history",
+    "_start_counts",
+    "_masks",
+    "_level_masks",
+    "_next_masks",
+    "_theta0",
+    "_final_schedule",
+    "_level_start",
+    "_next_start",
+    "_branch_start",
+    "_epoch_rng",
+    "_iterator_epoch",
+    "_branch_start_step",
+    "_steps_before",
+    "_early_bird_step",
 )
-_BUDGET = ("max_steps", "max_epochs")
-
-
-def _patterns(value: Any, argument: str) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return (value,)
-    try:
-        value = tuple(value)
-    except TypeError:
-        value = (value,)
-    if not all(isinstance(v, str) for v in value):
-        raise TypeError(f"`{argument}` must be parameter names or fnmatch patterns (strings), got {value!r}")
-    return value
-
-
-def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    out = {}
-    for key, value in metrics.items():
-        if isinstance(value, Tensor):
-            if value.numel() != 1:
-                continue
-            value = value.item()
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[key] = float(value)
-    return out
-
-
-def _check_type(value: Any, types: type | tuple[type, ...], argument: str, allowed: str) -> None:
-    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise TypeError(f"`{argument}={value!r}`: expected {allowed}")
-    if not isinstance(value, types):
-        raise TypeError(f"`{argument}={value!r}`: expected {allowed}")
 
 
 class LotteryTicketCallback(Callback):
@@ -146,9 +122,24 @@ class LotteryTicketCallback(Callback):
             rewind values permuted within each tensor; ``"signed_constant"``: sign of the rewind value times the
             tensor's standard deviation (Zhou et al. 2019); ``"noise"``: rewind values plus Gaussian noise.
         rewind_noise: the ``"noise"`` control's scale, in standard deviations of each tensor's rewind values.
-        pruning: ``"magnitude"`` of the trained weights, or ``"random"``: iterative random pruning of the main line
-            (the counts magnitude pruning would give, at random positions). This is a search mode, not the
-            paper's random-pruning control; that is ``controls=["random"]``.
+        pruning: how each level's ticket mask is chosen. ``"magnitude"`` of the trained weights; ``"random"``:
+            iterative random pruning of the main line (the counts magnitude pruning would give, at random
+            positions; a search mode, not the paper's random-pruning control, which is ``controls=["random"]``);
+            or pruning at initialisation, each level's mask chosen at θ₀ for that level's sparsity and trained from
+            θ₀ (``rewind="init"``): ``"snip"`` (Lee et al. 2019), ``"grasp"`` (Wang et al. 2020), ``"synflow"``
+            (Tanaka et al. 2020, data-free), ``"magnitude_init"``. SNIP and GraSP score ``pruning_batches`` training
+            batches ``(x, y)`` with the cross-entropy of ``model(x)``; SynFlow needs ``input_shape``.
+        pruning_batches: training batches SNIP / GraSP score.
+        input_shape: the shape of one input without the batch dimension, for SynFlow (default: the DataModule's
+            ``input_shape`` attribute).
+        structure: ``"N:M"`` (e.g. ``"2:4"``): level 1 keeps N of every M consecutive weights along each weight's
+            input dimension (magnitude within each group); later levels prune ``amount`` inside that pattern. The
+            ``random`` control keeps the pattern. Tensors whose input dimension is not a multiple of M are refused.
+        early_bird: draw each level's next mask early (You et al. 2020): ``{"every": steps, "patience": 5,
+            "threshold": 0.1}`` computes the next level's prospective mask every ``every`` optimizer steps of a
+            ticket branch and ends the branch once the last ``patience`` normalised Hamming distances between
+            consecutive masks are all below ``threshold``; the history records ``early_bird_step`` and
+            ``steps_saved``. The last level trains in full.
         monitor: validation metric whose best value defines each branch's early-stop iteration; ``None`` to
             record only the final metrics.
         mode: ``"min"`` or ``"max"``: whether lower or higher ``monitor`` is better.
@@ -189,7 +180,11 @@ class LotteryTicketCallback(Callback):
         rewind: int | str = "init",
         controls: Sequence[str] = (),
         rewind_noise: float = 0.0,
-        pruning: Literal["magnitude", "random"] = "magnitude",
+        pruning: str = "magnitude",
+        pruning_batches: int = 1,
+        input_shape: Sequence[int] | None = None,
+        structure: str | None = None,
+        early_bird: Mapping[str, Any] | None = None,
         monitor: str | None = "val_loss",
         mode: Literal["min", "max"] = "min",
         seed: int | None = None,
@@ -201,78 +196,67 @@ class LotteryTicketCallback(Callback):
         super().__init__()
         if tickets is not None and not isinstance(tickets, TicketSequence):
             raise TypeError(f"`tickets` must be a TicketSequence, got {type(tickets).__name__}")
-        if tickets is not None:
-            rounds = len(tickets) - 1
-        _check_type(rounds, int, "rounds", "an int >= 0 (pruning levels after the dense level 0)")
-        if rounds < 0:
-            raise ValueError(f"`rounds={rounds!r}` must be an int >= 0 (pruning levels after the dense level 0)")
-        if isinstance(amount, str):
-            raise TypeError(f"`amount={amount!r}` is a string: give a float in (0, 1) or a list of floats")
-        if layer_amounts is not None and not isinstance(layer_amounts, Mapping):
-            raise TypeError(
-                f"`layer_amounts={layer_amounts!r}` must map names or patterns to rates, e.g. {{'fc3.weight': 0.1}}"
-            )
-        self.schedule = SparsitySchedule.build(amount, rounds, scope, layer_amounts)
-        self.parameters = _patterns(parameters, "parameters")
-        self.exclude = _patterns(exclude, "exclude") or ()
-        self.rewind = Rewind.parse(rewind)
-        self.rewind_noise = validate_scale(rewind_noise, "rewind_noise")
-        self.controls = parse_controls(controls, self.rewind_noise) if tickets is None else ()
-        if pruning not in ("magnitude", "random"):
-            raise ValueError(f"`pruning={pruning!r}` is not one of 'magnitude', 'random'")
-        self.pruning = pruning
-        if monitor is not None and not isinstance(monitor, str):
-            raise TypeError(f"`monitor={monitor!r}` must be a metric name or None")
-        self.monitor = monitor
-        if mode not in ("min", "max"):
-            raise ValueError(f"`mode={mode!r}` is not one of 'min', 'max'")
-        self.mode = mode
+        self.search = SearchSettings.build(
+            rounds=len(tickets) - 1 if tickets is not None else rounds,
+            amount=amount,
+            scope=scope,
+            layer_amounts=layer_amounts,
+            parameters=parameters,
+            exclude=exclude,
+            rewind=rewind,
+            controls=controls if tickets is None else (),
+            rewind_noise=rewind_noise,
+            pruning=pruning,
+            pruning_batches=pruning_batches,
+            input_shape=input_shape,
+            structure=structure,
+            early_bird=early_bird,
+            monitor=monitor,
+            mode=mode,
+        )
         if seed is not None:
-            _check_type(seed, int, "seed", "an int or None")
-        self.seed = seed
+            check_type(seed, int, "seed", "an int or None")
         if dirpath is not None:
-            _check_type(dirpath, (str, os.PathLike), "dirpath", "a folder path (str or os.PathLike) or None")
+            check_type(dirpath, (str, os.PathLike), "dirpath", "a folder path (str or os.PathLike) or None")
+        check_type(save_tickets, bool, "save_tickets", "True or False")
+        check_type(verbose, bool, "verbose", "True or False")
+        self.seed = seed
         self.dirpath = Path(dirpath) if dirpath is not None else None
-        _check_type(save_tickets, bool, "save_tickets", "True or False")
-        _check_type(verbose, bool, "verbose", "True or False")
         self.save_tickets = save_tickets
         self.verbose = verbose
         self.tickets = tickets
-        self.plan = SearchPlan(rounds, self.controls)
+        self.plan: SearchPlan = self.search.plan
 
         self.history: list[dict[str, Any]] = []
         self.position = 0  # index of the current branch in ``plan``
         self.finished = False
         self.stopped: str | None = None
+        self._metrics = BranchMetrics(self.search)
+        self._recorder = RewindPointRecorder(self.search.rewind)
+        settings = self.search.early_bird
+        self._early_bird = EarlyBirdTracker(settings["patience"], settings["threshold"]) if settings else None
+        self._early_bird_step: int | None = None
         self._tensors: dict[str, PrunableTensor] = {}
         self._start_counts: dict[str, int] = {}
         self._masks: dict[str, Tensor] | None = None  # installed now (the current branch's)
         self._level_masks: dict[str, Tensor] | None = None  # the current level's ticket mask
         self._next_masks: dict[str, Tensor] | None = None  # the next level's, pruned from this level's ticket
         self._theta0: State | None = None
-        self._theta_k: State | None = None
         self._start_point: ResumePoint | None = None  # round 0 at step 0
-        self._rewind_point: ResumePoint | None = None  # round 0 at step k (late rewinding)
-        self._pending: dict[str, Any] | None = None  # a rewind point being captured
         self._final_schedule: dict[str, Any] | None = None  # round 0's learning rates at its end (finetune)
         self._level_start: State | None = None  # finetune / lr_rewind: the weights the level starts from
         self._next_start: State | None = None
         self._branch_start: State | None = None  # what the branch started from, when not θ₀ / θ_k
         self._epoch_rng: dict[str, Any] | None = None  # the RNG the current epoch's data iterator was made from
         self._iterator_epoch: int | None = None  # the epoch that iterator belongs to
-        self._best: dict[str, Any] | None = None
-        self._last_metrics: dict[str, float] = {}
-        self._curve: list[dict[str, float]] = []
         self._branch_start_step = 0
         self._steps_before = 0  # optimizer steps of all finished branches
         self._budget: dict[str, Any] = {}
         self._rng_resume: dict[str, Any] | None = None
         self._resumed = False
         self._ran = False
-        self._monitor_checked = False
         self._clock = time.monotonic()
         self._enforcer: MaskEnforcer | None = None
-        self._optimizer_hooks: list[Any] = []
         self._model_class = ""
         self._sparsity_cache: tuple[Any, tuple[float, int, int, dict[str, float]]] | None = None
 
@@ -280,19 +264,39 @@ class LotteryTicketCallback(Callback):
 
     @property
     def rounds(self) -> int:
-        return self.plan.rounds
+        return self.search.rounds
+
+    @property
+    def schedule(self) -> SparsitySchedule:
+        return self.search.schedule
 
     @property
     def amount(self) -> float | tuple[float, ...]:
-        return self.schedule.amount
+        return self.search.schedule.amount
 
     @property
     def scope(self) -> str:
-        return self.schedule.scope
+        return self.search.schedule.scope
 
     @property
     def layer_amounts(self) -> dict[str, float]:
-        return dict(self.schedule.layer_amounts)
+        return dict(self.search.schedule.layer_amounts)
+
+    @property
+    def rewind(self) -> Rewind:
+        return self.search.rewind
+
+    @property
+    def controls(self) -> tuple[str, ...]:
+        return self.search.controls
+
+    @property
+    def pruning(self) -> str:
+        return self.search.pruning
+
+    @property
+    def monitor(self) -> str | None:
+        return self.search.monitor
 
     @property
     def current(self) -> Branch:
@@ -311,7 +315,12 @@ class LotteryTicketCallback(Callback):
     @property
     def late_rewinding(self) -> bool:
         """Whether levels rewind to θ_k (a step or an epoch of round 0) rather than θ₀."""
-        return self.rewind.late
+        return self.rewind.late and self.tickets is None
+
+    @property
+    def theta_k(self) -> State | None:
+        """θ_k, round 0's weights at the rewind point (late rewinding), once round 0 reached it."""
+        return self._recorder.weights
 
     @property
     def masks(self) -> dict[str, Tensor]:
@@ -323,7 +332,7 @@ class LotteryTicketCallback(Callback):
         """The weights the current branch started from (θ₀ in level 0)."""
         if self._branch_start is not None:
             return self._branch_start
-        return self._theta_k if self.late_rewinding and self.round > 0 else self._theta0
+        return self.theta_k if self.late_rewinding and self.round > 0 else self._theta0
 
     def ticket(self) -> Ticket:
         """The current branch's ticket: its masks and the weights its survivors started from."""
@@ -332,12 +341,12 @@ class LotteryTicketCallback(Callback):
         sparsity, remaining, total, per_tensor = self.sparsity()
         branch = self.current
         record = next((r for r in self.history if (r["round"], r["branch"]) == (branch.round, branch.name)), None)
-        start = self._rewind_point.step if self._rewind_point is not None and self.round > 0 else 0
+        point = self._recorder.point
         extra = {
             "settings": self.settings(),
             "branch": branch.name,
             "rewind_kind": self._rewind_label(),
-            "rewind_step": start if self.late_rewinding else 0,
+            "rewind_step": point.step if point is not None and self.late_rewinding and self.round > 0 else 0,
             "sparsity": sparsity,
             "remaining": remaining,
             "total": total,
@@ -349,20 +358,9 @@ class LotteryTicketCallback(Callback):
         return Ticket({n: m.clone() for n, m in self._masks.items()}, weights, self.round, metadata)
 
     def settings(self) -> dict[str, Any]:
-        """The callback's arguments, as plain values (stored with checkpoints and tickets)."""
+        """The search's settings as plain values (stored with checkpoints, tickets and ``history.json``)."""
         return {
-            "rounds": self.rounds,
-            "amount": list(self.amount) if isinstance(self.amount, tuple) else self.amount,
-            "scope": self.scope,
-            "layer_amounts": self.layer_amounts,
-            "parameters": list(self.parameters) if self.parameters is not None else None,
-            "exclude": list(self.exclude),
-            "rewind": self.rewind.setting,
-            "controls": list(self.controls),
-            "rewind_noise": self.rewind_noise,
-            "pruning": self.pruning,
-            "monitor": self.monitor,
-            "mode": self.mode,
+            **self.search.as_dict(),
             "seed": self.seed,
             "transfer": self.tickets.settings() if self.tickets is not None else None,
             "budget": dict(self._budget),
@@ -398,6 +396,8 @@ class LotteryTicketCallback(Callback):
                 "(e.g. model(example_batch)) so lazy modules materialise."
             )
         self._select_tensors(pl_module)
+        if self.search.structure is not None:
+            check_structure(self.search.structure, {n: t.shape for n, t in self._tensors.items()}, self.schedule)
         self._model_class = f"{type(pl_module).__module__}.{type(pl_module).__qualname__}"
         self._budget = {"max_steps": trainer.max_steps, "max_epochs": trainer.max_epochs}
         log_dir = trainer.log_dir  # a collective call under DDP: every rank asks
@@ -405,7 +405,9 @@ class LotteryTicketCallback(Callback):
             self.dirpath = Path(log_dir or trainer.default_root_dir) / "lottery"
         if self.save_tickets and trainer.is_global_zero:
             _artifacts.check_writable(self.dirpath)
-        self._check_rewind_point(trainer)
+            io.cleanup_stale_temp(self.dirpath)  # left by a killed run's interrupted writes
+        if self.late_rewinding:
+            check_rewind_point(trainer, self.rewind)
         if "reinit" in self.controls:
             self._fresh_state(pl_module, level=0)  # fail now, not after level 0
 
@@ -415,39 +417,15 @@ class LotteryTicketCallback(Callback):
             masked = [n for n in self.tickets.tickets[0].masks if n not in fresh]
             self._tensors = select_prunable(pl_module, parameters=masked)
             return
-        self._tensors = select_prunable(pl_module, self.parameters, self.exclude)
+        self._tensors = select_prunable(pl_module, self.search.parameters, self.search.exclude)
         self.schedule.check_names(list(self._tensors))
-        if self.parameters is None and (left_out := parametrized_tensors(pl_module)):
+        if self.search.parameters is None and (left_out := parametrized_tensors(pl_module)):
             share = sum(n for _, n in left_out) / max(sum(p.numel() for p in pl_module.parameters()), 1)
             rank_zero_warn(
                 f"{len(left_out)} parametrized weights ({', '.join(name for name, _ in left_out[:5])}; "
                 f"{100 * share:.0f}% of the model's weights) use torch.nn.utils.parametrize (e.g. weight_norm) and "
                 "are not prunable through torch.nn.utils.prune, so the search leaves them dense. Name the "
                 "parametrization's tensors in `parameters` (e.g. 'fc1.parametrizations.weight.original1')."
-            )
-
-    def _check_rewind_point(self, trainer: pl.Trainer) -> None:
-        """A rewind point round 0 never reaches is refused before round 0 trains."""
-        if not self.late_rewinding or self.tickets is not None:
-            return
-        trainer.fit_loop.setup_data()  # what fit does first; the number of batches per epoch is known after it
-        total = trainer.estimated_stepping_batches
-        batches = trainer.num_training_batches
-        per_epoch = math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else math.inf
-        budget = f"max_epochs={trainer.max_epochs}, max_steps={trainer.max_steps}"
-        if self.rewind.kind == "epoch":
-            epoch = self.rewind.value
-            if math.isfinite(total) and math.isfinite(per_epoch) and epoch * per_epoch >= total:
-                raise ValueError(
-                    f"`rewind='epoch:{epoch}'` is not inside round 0: it trains {int(total)} optimizer steps, "
-                    f"{per_epoch} per epoch ({budget}); rewind to an epoch < {math.ceil(total / per_epoch)}"
-                )
-            return
-        k = self.rewind.value
-        if math.isfinite(total) and k >= total:
-            raise ValueError(
-                f"`rewind={k}` is not inside round 0: it trains {int(total)} optimizer steps ({budget}); "
-                f"rewind to a step k < {int(total)}"
             )
 
     # ------------------------------------------------------------------ starting the search
@@ -498,7 +476,7 @@ class LotteryTicketCallback(Callback):
 
     def _before_first_run(self, trainer: pl.Trainer) -> None:
         rng = collect_rng_state()  # round 0's RNG before anything draws from it
-        self._check_workers(trainer)  # sets up the training data, which draws from the RNG (restored below)
+        check_workers(trainer, self.late_rewinding)  # sets up the training data: draws from the RNG (restored below)
         if self._resumed:
             assert self._rng_resume is not None
             positioned = reposition_after_checkpoint(trainer, self._epoch_rng, self._rng_resume)
@@ -514,17 +492,6 @@ class LotteryTicketCallback(Callback):
             new_iterator(trainer, 0, rng)
             self._set_epoch_rng(rng, 0)
 
-    def _check_workers(self, trainer: pl.Trainer) -> None:
-        trainer.fit_loop.setup_data()
-        loader = trainer.fit_loop._combined_loader
-        loaders = loader.flattened if loader is not None else []
-        if self.late_rewinding and any(getattr(dl, "persistent_workers", False) for dl in loaders):
-            raise ValueError(
-                f"rewind={self.rewind.setting!r} resumes round 0 in the middle of its training, but the training "
-                "DataLoader has persistent_workers=True: its workers' random state cannot be put back where round 0's "
-                "was. Use persistent_workers=False (workers restart each epoch, seeded as in round 0)."
-            )
-
     def _set_epoch_rng(self, rng: dict[str, Any], epoch: int) -> None:
         self._epoch_rng, self._iterator_epoch = rng, epoch
 
@@ -539,53 +506,38 @@ class LotteryTicketCallback(Callback):
 
     # ------------------------------------------------------------------ round 0: the rewind point θ_k
 
-    def _capturing(self) -> bool:
-        return self.late_rewinding and self.tickets is None and self.position == 0 and self._rewind_point is None
+    def _recording(self) -> bool:
+        return self.late_rewinding and self.position == 0
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        if not self._capturing() or self._pending is not None or self.rewind.kind != "step":
-            return
-        if trainer.global_step < self.rewind.value:
-            return
-        epoch_loop = trainer.fit_loop.epoch_loop
-        batch = epoch_loop.batch_progress.current.processed
-        at_epoch_end = batch >= trainer.num_training_batches or epoch_loop.batch_progress.is_last_batch
-        self._theta_k = dense_state(pl_module)
-        self._pending = {"step": trainer.global_step, "boundary": bool(at_epoch_end)}
-        if not at_epoch_end:
-            self._pending.update(epoch=trainer.current_epoch, batch=batch, loops=loop_state(trainer))
+        self._watch_early_bird(trainer)
+        if self._recording():
+            self._recorder.after_batch(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.enable_validation:
             self._observe(trainer)
-        if self._capturing() and self.rewind.kind == "epoch" and trainer.current_epoch + 1 >= self.rewind.value:
-            self._theta_k = dense_state(pl_module)
-            self._pending = {"step": trainer.global_step, "boundary": True}
+        if self._recording():
+            self._recorder.after_epoch(trainer, pl_module)
 
     def _before_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._pending is not None and self._pending["boundary"]:
-            self._finish_point(trainer, epoch=trainer.fit_loop.epoch_progress.current.processed, batch=0)
+        self._recorder.before_epoch(trainer)
 
     def _before_batch(self, trainer: pl.Trainer) -> None:
-        if self._pending is not None and not self._pending["boundary"]:
-            self._finish_point(trainer, epoch=self._pending["epoch"], batch=self._pending["batch"])
+        self._recorder.before_batch(trainer, self._epoch_rng)
 
-    def _finish_point(self, trainer: pl.Trainer, epoch: int, batch: int) -> None:
-        """θ_k's resume point, from right before round 0 goes on (the next epoch starts / the next batch is
-        fetched): everything round 0 did at step k (validation, checkpoints, epoch end) is behind it."""
-        pending, self._pending = self._pending, None
-        assert pending is not None
-        loops = pending.get("loops") or loop_state(trainer)
-        self._rewind_point = ResumePoint(
-            step=pending["step"],
-            epoch=epoch,
-            batch=batch,
-            loops=loops,
-            schedule=_relaunch.capture_schedule(trainer),
-            rng=collect_rng_state(),
-            epoch_rng=self._epoch_rng if batch else None,
-            reload_epoch=trainer.fit_loop._last_train_dl_reload_epoch,
-        )
+    def _watch_early_bird(self, trainer: pl.Trainer) -> None:
+        """Every ``every`` steps of a ticket branch: the next level's prospective mask; stop once it has settled."""
+        tracker = self._early_bird
+        if tracker is None or not self.current.is_ticket or self.round >= self.rounds or self.tickets is not None:
+            return
+        steps = trainer.global_step - self._branch_start_step
+        if self._early_bird_step is not None or steps == 0 or steps % self.search.early_bird["every"]:
+            return
+        tracker.update(self._prospective_masks(self.round + 1))
+        if tracker.converged:
+            self._early_bird_step = trainer.global_step
+            trainer.should_stop = True
 
     # ------------------------------------------------------------------ during training
 
@@ -598,44 +550,25 @@ class LotteryTicketCallback(Callback):
             # With several validation loaders Lightning keeps the sanity check's metrics to itself: check then
             # only if it shared some, else at the first real validation.
             if trainer.callback_metrics:
-                self._check_monitor(trainer)
+                self._metrics.check_monitor(trainer.callback_metrics)
             return
         self._observe(trainer)
 
-    def _check_monitor(self, trainer: pl.Trainer) -> None:
-        if self.monitor is None or self._monitor_checked:
-            return
-        if self.monitor not in trainer.callback_metrics:
-            available = sorted(trainer.callback_metrics)
-            raise ValueError(
-                f"`monitor={self.monitor!r}` was not logged; logged metrics are {available}. Log it with "
-                "self.log(...) in validation_step, or pass monitor=<one of those> (or monitor=None)."
-            )
-        self._monitor_checked = True
-
     def _observe(self, trainer: pl.Trainer) -> None:
         """Track the branch's best ``monitor`` value (its early-stop iteration) and log its curves."""
-        self._check_monitor(trainer)
-        metrics = _scalar_metrics(trainer.callback_metrics)
-        self._last_metrics = metrics
-        step = trainer.global_step
-        if self.monitor is not None:
-            value = metrics[self.monitor]
-            best = self._best
-            improved = best is None or (value < best["value"] if self.mode == "min" else value > best["value"])
-            if improved and not math.isnan(value):
-                self._best = {"value": value, "step": step, "epoch": trainer.current_epoch, "metrics": metrics}
-        round_step = step - self._branch_start_step
-        self._curve.append({"round_step": round_step, "step": step, "epoch": trainer.current_epoch, **metrics})
+        step, start = trainer.global_step, self._branch_start_step
+        metrics = self._metrics.observe(trainer.callback_metrics, step, trainer.current_epoch, start)
         prefix = _display.curve_prefix(self.round, self.branch)
-        _display.log_metrics(trainer, {**{prefix + k: v for k, v in metrics.items()}, "round_step": float(round_step)})
+        _display.log_metrics(
+            trainer, {**{prefix + k: v for k, v in metrics.items()}, "round_step": float(step - start)}
+        )
 
     # ------------------------------------------------------------------ between branches
 
     def _next_branch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
         """Close the branch that just ended; start the next one if any. Called between fit-loop runs."""
-        if self._pending is not None:  # round 0 ended right at the rewind point
-            self._finish_point(trainer, epoch=trainer.fit_loop.epoch_progress.current.processed, batch=0)
+        if self._recording():  # round 0 may have ended right at the rewind point
+            self._recorder.finish(trainer, epoch=trainer.fit_loop.epoch_progress.current.processed, batch=0)
         if self.position == 0 and self._final_schedule is None:
             self._final_schedule = _relaunch.capture_schedule(trainer)
         self._finish_branch(trainer)
@@ -650,7 +583,7 @@ class LotteryTicketCallback(Callback):
             self.finished = True
             self._write_history(trainer)
             return False
-        if self.late_rewinding and self.tickets is None and self._rewind_point is None:
+        if self.late_rewinding and self._recorder.point is None:
             raise RuntimeError(
                 f"rewind={self.rewind.setting!r} cannot be honoured: round 0 stopped after {self.history[0]['steps']} "
                 f"optimizer steps ({self.history[0]['epochs']} epochs), before reaching that point "
@@ -663,22 +596,46 @@ class LotteryTicketCallback(Callback):
     def _prepare_next_level(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """The next level's ticket mask, pruned from this ticket's trained weights (controls never change it)."""
         level = self.round + 1
+        self._next_start = dense_state(pl_module) if self.rewind.keeps_trained_weights else None
         if self.tickets is not None:
             masks = self.tickets.masks(level, pl_module)
-        else:
-            assert self._masks is not None
-            generator = torch.Generator().manual_seed(derive_seed(self.seed or 0, level, 1))
-            masks = next_masks(
-                self._tensors, self._masks, self.schedule, level, self.pruning, generator, self._start_counts
+        elif self.search.at_init:
+            assert self._theta0 is not None
+            groups = self.schedule.groups(self._start_counts, level)
+            masks = masks_at_init(
+                trainer,
+                pl_module,
+                self.pruning,
+                self._tensors,
+                groups,
+                self._theta0,
+                self.search.pruning_batches,
+                self.search.input_shape,
             )
+        else:
+            masks = self._prospective_masks(level)
         self._next_masks = trainer.strategy.broadcast(masks, src=0)
-        self._next_start = dense_state(pl_module) if self.rewind.keeps_trained_weights else None
+
+    def _prospective_masks(self, level: int) -> dict[str, Tensor]:
+        """Level ``level``'s ticket mask, from the weights the model holds now."""
+        assert self._masks is not None
+        generator = torch.Generator().manual_seed(derive_seed(self.seed or 0, level, 1))
+        return next_masks(
+            self._tensors,
+            self._masks,
+            self.schedule,
+            level,
+            self.pruning,
+            generator,
+            self._start_counts,
+            self.search.structure,
+        )
 
     def _level_state(self) -> State:
         if self.rewind.keeps_trained_weights:
             assert self._level_start is not None
             return self._level_start
-        state = self._theta_k if self.late_rewinding else self._theta0
+        state = self.theta_k if self.late_rewinding else self._theta0
         assert state is not None
         return state
 
@@ -701,7 +658,8 @@ class LotteryTicketCallback(Callback):
                 self._level_state(),
                 generator,
                 fresh_state=lambda: trainer.strategy.broadcast(self._fresh_state(pl_module, branch.round), src=0),
-                noise=self.rewind_noise,
+                noise=self.search.rewind_noise,
+                structure=self.search.structure,
             )
             masks = trainer.strategy.broadcast(masks, src=0)
         check_finite(state, f"The start of {branch}")
@@ -710,7 +668,10 @@ class LotteryTicketCallback(Callback):
         derived = branch.is_ticket and not self.rewind.keeps_trained_weights and self.tickets is None
         self._branch_start = None if derived else state
         self._relaunch(trainer)
-        self._best, self._last_metrics, self._curve = None, {}, []
+        self._metrics.reset()
+        self._early_bird_step = None
+        if self._early_bird is not None:
+            self._early_bird.reset()
         self._announce(trainer)
         self._clock = time.monotonic()
 
@@ -718,8 +679,7 @@ class LotteryTicketCallback(Callback):
         _relaunch.reset_monitoring_callbacks(trainer)
         _relaunch.recreate_optimizers(trainer)
         self._activate_masks(trainer)
-        late = self.late_rewinding and self.tickets is None
-        point = self._rewind_point if late else self._start_point
+        point = self._recorder.point if self.late_rewinding else self._start_point
         assert point is not None
         finetune = self.rewind.kind == "finetune" and self.tickets is None
         resume_at(trainer, point, schedule=not finetune)
@@ -735,7 +695,6 @@ class LotteryTicketCallback(Callback):
 
     def _finish_branch(self, trainer: pl.Trainer) -> None:
         sparsity, remaining, total, per_tensor = self.sparsity()
-        best = self._best or {}
         steps = trainer.global_step - self._branch_start_step
         record = {
             "round": self.round,
@@ -745,18 +704,14 @@ class LotteryTicketCallback(Callback):
             "total": total,
             "remaining_pct": 100.0 * remaining / total if total else 100.0,
             "tensor_sparsity": per_tensor,
-            "monitor": self.monitor,
-            "best": best.get("value"),
-            "best_step": best.get("step"),
-            "best_round_step": best["step"] - self._branch_start_step if best else None,
-            "best_epoch": best.get("epoch"),
-            "metrics": best.get("metrics", {}),
-            "final_metrics": dict(self._last_metrics),
+            **self._metrics.record(self._branch_start_step),
             "start_step": self._branch_start_step,
             "end_step": trainer.global_step,
             "steps": steps,
             "epochs": trainer.current_epoch,
             "cumulative_steps": self._steps_before + steps,
+            "early_bird_step": self._early_bird_step,
+            "steps_saved": self._planned_steps(trainer) - steps if self._early_bird_step is not None else 0,
             "seconds": time.monotonic() - self._clock,  # wall time of the branch (since resume, if resumed)
         }
         self._steps_before += steps
@@ -767,7 +722,7 @@ class LotteryTicketCallback(Callback):
         folder = None
         if self.save_tickets and trainer.is_global_zero:
             assert self.dirpath is not None
-            folder = _artifacts.write_branch(self.dirpath, self.ticket(), record, self._curve, self.settings())
+            folder = _artifacts.write_branch(self.dirpath, self.ticket(), record, self._metrics.curve, self.settings())
             self._write_history(trainer)
         for callback in trainer.callbacks:
             listener = getattr(callback, "on_lottery_round_end", None)
@@ -775,6 +730,11 @@ class LotteryTicketCallback(Callback):
                 listener(trainer, trainer.lightning_module, record, folder)
         summary = {f"round_summary/{k}": v for k, v in record.items() if isinstance(v, (int, float))}
         _display.log_metrics(trainer, summary)
+
+    def _planned_steps(self, trainer: pl.Trainer) -> int:
+        """The steps the branch would have trained without early-bird (its budget from its start)."""
+        total = trainer.estimated_stepping_batches
+        return int(total) - self._branch_start_step if math.isfinite(total) else 0
 
     def _write_history(self, trainer: pl.Trainer) -> None:
         if self.save_tickets and trainer.is_global_zero:
@@ -785,49 +745,16 @@ class LotteryTicketCallback(Callback):
     # ------------------------------------------------------------------ helpers
 
     def _fresh_state(self, pl_module: pl.LightningModule, level: int) -> State:
-        """Weights of a newly constructed copy of the module: a fresh draw from its own initialiser."""
-        cls = type(pl_module)
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(derive_seed(self.seed or 0, level, 2))
-                fresh = cls(**dict(pl_module.hparams))
-        except Exception as err:
-            raise ValueError(
-                f"controls=['reinit'] draws a fresh initialisation by constructing {cls.__name__}(**self.hparams), "
-                f"which failed ({type(err).__name__}: {err}). Call self.save_hyperparameters() in __init__ with "
-                "every argument needed to build the network (not a built nn.Module)."
-            ) from err
-        current = dict(pl_module.named_parameters())
-        if any(p is current.get(n) for n, p in fresh.named_parameters()):
-            raise ValueError(
-                f"controls=['reinit']: {cls.__name__}(**self.hparams) reuses the existing network (an nn.Module "
-                "stored in hparams), so it cannot draw new weights. Store how to build the network instead."
-            )
-        state = dense_state(fresh)
-        if problems := state_mismatches(pl_module, state):
-            raise ValueError(
-                f"controls=['reinit']: {cls.__name__}(**self.hparams) builds a different network than the one being "
-                f"trained ({'; '.join(problems)}). Save every argument that shapes the network in hparams."
-            )
-        return state
+        return fresh_initialisation(pl_module, derive_seed(self.seed or 0, level, 2))
 
     def _activate_masks(self, trainer: pl.Trainer) -> None:
         self._deactivate_masks()
         enforcer = MaskEnforcer(trainer.lightning_module)
-        self._enforcer = enforcer if len(enforcer) else None
-        if self._enforcer is None:
-            return
-        self._enforcer.activate()
-        zero = self._enforcer.zero_masked_weights
-        for optimizer in trainer.optimizers:
-            self._optimizer_hooks.append(optimizer.register_step_post_hook(lambda *_: zero()))
+        self._enforcer = enforcer.attach(trainer.optimizers) if len(enforcer) else None
 
     def _deactivate_masks(self) -> None:
-        for handle in self._optimizer_hooks:
-            handle.remove()
-        self._optimizer_hooks = []
         if self._enforcer is not None:
-            self._enforcer.deactivate()
+            self._enforcer.detach()
             self._enforcer = None
 
     def _release(self, trainer: pl.Trainer) -> None:
@@ -877,35 +804,15 @@ class LotteryTicketCallback(Callback):
                     state[name] = state.pop(name + "_orig") * state.pop(name + "_mask")
 
     def state_dict(self) -> dict[str, Any]:
-        point = self._rewind_point.to_state() if self._rewind_point is not None else None
         start = self._start_point.to_state() if self._start_point is not None else None
         return {
             "version": _STATE_VERSION,
             "settings": self.settings(),
-            "position": self.position,
-            "finished": self.finished,
-            "stopped": self.stopped,
-            "start_counts": self._start_counts,
-            "masks": self._masks,
-            "level_masks": self._level_masks,
-            "next_masks": self._next_masks,
-            "theta0": self._theta0,
-            "theta_k": self._theta_k,
+            **{name.lstrip("_"): getattr(self, name) for name in _STATE},
             "start_point": start,
-            "rewind_point": point,
-            "pending": self._pending,
-            "final_schedule": self._final_schedule,
-            "level_start": self._level_start,
-            "next_start": self._next_start,
-            "branch_start": self._branch_start,
-            "epoch_rng": self._epoch_rng,
-            "iterator_epoch": self._iterator_epoch,
-            "history": self.history,
-            "best": self._best,
-            "last_metrics": self._last_metrics,
-            "curve": self._curve,
-            "branch_start_step": self._branch_start_step,
-            "steps_before": self._steps_before,
+            "rewind_point": self._recorder.state_dict(),
+            "metrics": self._metrics.state_dict(),
+            "early_bird": self._early_bird.state_dict() if self._early_bird is not None else None,
             # The RNG as of this checkpoint: a resumed run draws the same shuffles and dropout masks.
             "rng_now": collect_rng_state(),
         }
@@ -917,7 +824,7 @@ class LotteryTicketCallback(Callback):
                 f"{_STATE_VERSION}: resume it with the lightning_lottery version that wrote it"
             )
         saved, ours = state_dict["settings"], self.settings()
-        keys = _FIXED_SETTINGS + (("budget",) if ours["budget"] else ())
+        keys = (*DEFINING, "transfer", *(("budget",) if ours["budget"] else ()))
         different = [f"{k}: checkpoint {saved.get(k)!r} vs now {ours[k]!r}" for k in keys if saved.get(k) != ours[k]]
         if different:
             raise ValueError(
@@ -925,30 +832,13 @@ class LotteryTicketCallback(Callback):
                 f"({'; '.join(different)})"
             )
         self.seed = saved["seed"]
-        self.position = state_dict["position"]
-        self.finished = state_dict["finished"]
-        self.stopped = state_dict["stopped"]
-        self._start_counts = dict(state_dict["start_counts"])
-        self._masks = state_dict["masks"]
-        self._level_masks = state_dict["level_masks"]
-        self._next_masks = state_dict["next_masks"]
-        self._theta0 = state_dict["theta0"]
-        self._theta_k = state_dict["theta_k"]
-        start, point = state_dict["start_point"], state_dict["rewind_point"]
+        for name in _STATE:
+            setattr(self, name, state_dict[name.lstrip("_")])
+        start = state_dict["start_point"]
         self._start_point = ResumePoint.from_state(start) if start is not None else None
-        self._rewind_point = ResumePoint.from_state(point) if point is not None else None
-        self._pending = state_dict["pending"]
-        self._final_schedule = state_dict["final_schedule"]
-        self._level_start = state_dict["level_start"]
-        self._next_start = state_dict["next_start"]
-        self._branch_start = state_dict["branch_start"]
-        self._epoch_rng = state_dict["epoch_rng"]
-        self._iterator_epoch = state_dict["iterator_epoch"]
-        self.history = list(state_dict["history"])
-        self._best = state_dict["best"]
-        self._last_metrics = dict(state_dict["last_metrics"])
-        self._curve = list(state_dict["curve"])
-        self._branch_start_step = state_dict["branch_start_step"]
-        self._steps_before = state_dict["steps_before"]
+        self._recorder.load_state_dict(state_dict["rewind_point"])
+        self._metrics.load_state_dict(state_dict["metrics"])
+        if self._early_bird is not None:
+            self._early_bird.load_state_dict(state_dict["early_bird"])
         self._rng_resume = state_dict["rng_now"]
         self._resumed = True

@@ -107,7 +107,7 @@ def test_late_rewinding_resumes_round_0_at_k(schedule, shuffle, rewind, k):
 
 def test_rewind_to_k_starts_from_theta_k_under_the_mask():
     lottery, log, _ = _search(5, "onecycle")
-    theta_k = lottery._theta_k
+    theta_k = lottery.theta_k
     for key in [(1, "ticket"), (2, "ticket")]:
         start = log.starts[key]
         assert torch.equal(start["fc1.bias"], theta_k["fc1.bias"])

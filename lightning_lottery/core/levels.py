@@ -19,6 +19,7 @@ from torch import Tensor
 from lightning_lottery.core.inits import add_noise, reshuffle, signed_constant
 from lightning_lottery.core.pruning import counts, random_masks
 from lightning_lottery.core.snapshot import State
+from lightning_lottery.core.structure import NMStructure, random_nm_masks
 
 TICKET = "ticket"
 CONTROLS = ("reinit", "random", "reshuffle", "signed_constant", "noise")
@@ -170,6 +171,7 @@ def branch_start(
     generator: torch.Generator,
     fresh_state: Callable[[], State] | None = None,
     noise: float = 0.0,
+    structure: NMStructure | None = None,
 ) -> tuple[dict[str, Tensor], State]:
     """The masks and weights a branch of a level starts from.
 
@@ -180,6 +182,7 @@ def branch_start(
         generator: the branch's own seeded generator (positions, permutations, noise).
         fresh_state: draws a new initialisation of the whole network (``reinit``).
         noise: the ``noise`` control's scale.
+        structure: an N:M search: the ``random`` control keeps the pattern (N random positions of every M).
     """
     masks = {n: m.bool() for n, m in mask.items()}
     if name == TICKET:
@@ -189,6 +192,8 @@ def branch_start(
             raise ValueError("the reinit control needs a way to draw fresh weights")
         return masks, fresh_state()
     if name == "random":
+        if structure is not None:
+            return random_nm_masks(masks, structure, generator), state
         everywhere = {n: torch.ones_like(m) for n, m in masks.items()}
         return random_masks(everywhere, counts(masks), generator), state
     out = dict(state)

@@ -14,6 +14,7 @@ as with the stock hook; the hook falls back to the product whenever no enforcer 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -187,10 +188,23 @@ class MaskEnforcer:
             if all(orig is not p for p, _ in pairs):
                 pairs.append((orig, mask))
         self._params = [p for p, _ in pairs]
+        self._handles: list[Any] = []
         self._masks = [m.to(p.dtype) if m.dtype != p.dtype else m for p, m in pairs]
 
     def __len__(self) -> int:
         return len(self._params)
+
+    def attach(self, optimizers: Iterable[torch.optim.Optimizer]) -> MaskEnforcer:
+        """Activate, and zero masked weights after every step of ``optimizers``; returns ``self``."""
+        self.activate()
+        self._handles = [opt.register_step_post_hook(lambda *_: self.zero_masked_weights()) for opt in optimizers]
+        return self
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.deactivate()
 
     def activate(self) -> None:
         self.zero_masked_weights()

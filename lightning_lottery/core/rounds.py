@@ -12,6 +12,7 @@ from lightning_lottery.core.reparam import install_masks
 from lightning_lottery.core.schedule import SparsitySchedule
 from lightning_lottery.core.selection import PrunableTensor
 from lightning_lottery.core.snapshot import State, load_dense_state
+from lightning_lottery.core.structure import NMStructure, structured_next_masks
 
 
 def next_masks(
@@ -22,14 +23,17 @@ def next_masks(
     pruning: str = "magnitude",
     generator: torch.Generator | None = None,
     start_counts: Mapping[str, int] | None = None,
+    structure: NMStructure | None = None,
 ) -> Masks:
     """The masks of round ``round_index`` (>= 1), from the current (trained) weights and masks; CPU bool tensors.
 
     ``pruning="random"`` keeps the per-tensor counts magnitude pruning would give, at random positions.
     ``start_counts``: weights per tensor unpruned at the start of the search (default: all), which the
-    schedule's rates apply to.
+    schedule's rates apply to. ``structure``: an N:M search (level 1 is N:M, later levels prune inside the pattern).
     """
     weights = {name: t.tensor.detach() for name, t in tensors.items()}
+    if structure is not None:
+        return structured_next_masks(weights, masks, structure, schedule, round_index, pruning, generator)
     sizes = {name: w.numel() for name, w in weights.items()}
     groups = schedule.groups({**sizes, **(start_counts or {})}, round_index)
     new = magnitude_masks(weights, masks, groups)
