@@ -226,7 +226,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             log.info("resuming %s from %s", out, plan.checkpoint)
         pl.seed_everything(cfg.seed, workers=True)
         datamodule = _build(cfg, "data")
-        _fill_from_data(cfg, datamodule)
+        try:
+            _fill_from_data(cfg, datamodule)  # may read the data (a vocabulary): a missing corpus shows here
+        except (OSError, ValueError) as err:
+            message = one_line(str(err))
+            raise ConfigError(f"{_setting_named(cfg, 'data', message)}: {message}") from err
         check_model(cfg)
         module = _build(cfg, "model")
         logger = _build(cfg, "logger") if cfg.get("logger") else False
@@ -234,6 +238,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         callbacks = [*_callbacks(cfg, logger), CSVResumePoint(), started]
         lottery = callbacks[0]
         trainer = _build(cfg, "trainer", callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
+        folder.sign()
         folder.remove_temporary_files()
         if trainer.is_global_zero and (plan.checkpoint is None or folder.recorded_config() is None):
             folder.wrote_records = True

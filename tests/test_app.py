@@ -106,16 +106,6 @@ def test_fast_preset_runs_end_to_end(recipe: str, tmp_path: Path):
         assert "state_dict" in torch.load(checkpoint, map_location="cpu", weights_only=True)
 
 
-def test_a_run_resumes_from_its_last_checkpoint(tmp_path: Path):
-    out = tmp_path / "run"
-    overrides = ["preset=fast", "lottery.rounds=2", "trainer.enable_progress_bar=false", "report=false"]
-    overrides += _offline_data("mnist_lenet300", tmp_path)
-    first = run(_compose("mnist_lenet300", out, *overrides))["history"]
-    resumed = run(_compose("mnist_lenet300", out, *overrides, "ckpt_path=last"))["history"]
-    assert [r["round"] for r in resumed] == [0, 1, 2]
-    assert [r["metrics"] for r in resumed] == [r["metrics"] for r in first]
-
-
 def test_bad_lottery_config_fails_before_training(tmp_path: Path):
     cfg = _compose("mnist_lenet300", tmp_path, "lottery.amount=1.5", *_offline_data("mnist_lenet300", tmp_path))
     with pytest.raises(ConfigError, match=r"^lottery\.amount: `amount=1.5` is outside \(0, 1\)"):

@@ -49,6 +49,9 @@ FREE_SETTINGS = (
     "lottery.verbose",
 )
 
+# Model settings the app fills in from the data when the config leaves them unset.
+FILLED_BY_DATA = ("model.vocab_size", "model.arch_kwargs.num_classes", "model.arch_kwargs.in_channels")
+
 
 def checkpoint_problem(path: Path) -> str | None:
     """Why ``path`` cannot be resumed from, or None when it is a complete checkpoint."""
@@ -93,7 +96,7 @@ def search_finished(lottery_dir: Path) -> bool:
 
 
 def _flatten(value: Any, prefix: str) -> Iterator[tuple[str, Any]]:
-    if isinstance(value, Mapping) and value:
+    if isinstance(value, Mapping):  # an empty mapping adds no key: {} and null read the same
         for key, item in value.items():
             yield from _flatten(item, f"{prefix}.{key}")
     else:
@@ -115,6 +118,8 @@ def setting_differences(recorded: Mapping[str, Any], given: Mapping[str, Any]) -
     old, new = _search_settings(recorded), _search_settings(given)
     differences = []
     for key in sorted(set(old) | set(new)):
+        if key in FILLED_BY_DATA and new.get(key) is None:
+            continue  # the app fills it from the data, as it did for the run
         if old.get(key) != new.get(key):
             differences.append(f"{key}: the run has {show(old.get(key))}, given {show(new.get(key))}")
     return differences
@@ -168,15 +173,19 @@ class RunFolder:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "not yet known"
             os.close(fd)
             raise ConfigError(
                 f"hydra.run.dir={self.path}: another process (pid {owner}) is running a search in this folder; "
                 "allowed: a folder no live process uses (wait for it to end, or stop it first)"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+
+    def sign(self) -> None:
+        """Write this process's id into the lock file, once the command is sure to run (a refusal leaves it)."""
+        if self._lock_fd is not None:
+            os.ftruncate(self._lock_fd, 0)
+            os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
 
     def release(self) -> None:
         if self._lock_fd is not None:
