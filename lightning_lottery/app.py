@@ -32,7 +32,7 @@ from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lightning_lottery.cli.errors import ConfigError, describe, one_line
+from lightning_lottery.cli.errors import ConfigError, describe, is_input_error, mark_input_error, one_line
 from lightning_lottery.cli.help import register_help_resolver, render_help
 
 if TYPE_CHECKING:
@@ -101,7 +101,8 @@ def _tickets(cfg: DictConfig) -> TicketSequence | None:
     try:
         return TicketSequence(transfer.ticket, variant, list(transfer.reinit), transfer.seed)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"transfer.ticket={transfer.ticket}: {one_line(str(err))}") from err
+        mark_input_error(err)
+        raise
 
 
 def _variant_label(cfg: DictConfig) -> str | None:
@@ -180,15 +181,16 @@ def _output_dir(cfg: DictConfig) -> Path:
 
 
 def _fit(trainer: pl.Trainer, module: Any, datamodule: Any, checkpoint: Path | None, started: Any) -> None:
-    """``trainer.fit``; an error before the first training step is bad input (data, folders, the callback's setup)."""
+    """``trainer.fit``; an error before the first training step is bad input (data, folders, the callback's setup):
+    it keeps its type, marked for :func:`~lightning_lottery.cli.errors.describe` to print as one line."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
     except (OSError, ValueError, TypeError, KeyError, MisconfigurationException) as err:
-        if started.started or isinstance(err, ConfigError):
-            raise
-        raise ConfigError(one_line(str(err) or type(err).__name__)) from err
+        if not started.started:
+            mark_input_error(err)
+        raise
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -229,8 +231,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         try:
             _fill_from_data(cfg, datamodule)  # may read the data (a vocabulary): a missing corpus shows here
         except (OSError, ValueError) as err:
-            message = one_line(str(err))
-            raise ConfigError(f"{_setting_named(cfg, 'data', message)}: {message}") from err
+            mark_input_error(err)
+            raise
         check_model(cfg)
         module = _build(cfg, "model")
         logger = _build(cfg, "logger") if cfg.get("logger") else False
@@ -246,8 +248,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if logger and hasattr(logger, "log_hyperparams"):
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         _fit(trainer, module, datamodule, plan.checkpoint, started)
-    except ConfigError:
-        folder.abandon()  # no training step ran: leave the folder as the command found it
+    except Exception as err:
+        if is_input_error(err):
+            folder.abandon()  # no training step ran: leave the folder as the command found it
         raise
     finally:
         folder.release()

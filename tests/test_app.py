@@ -18,6 +18,7 @@ from wandb_log import artifacts, config_keys, history_keys, metric_definitions
 import lightning_lottery
 from lightning_lottery import LotteryTicketCallback
 from lightning_lottery.app import ConfigError, run
+from lightning_lottery.cli.errors import describe
 
 CONF = Path(lightning_lottery.__file__).parent / "conf"
 RECIPES = sorted(p.stem for p in (CONF / "recipe").glob("*.yaml"))
@@ -118,9 +119,9 @@ def test_missing_data_says_where_it_looked_and_how_to_point_at_it(tmp_path: Path
     empty = tmp_path / "empty"
     empty.mkdir()
     cfg = _compose("wikitext2_lstm", tmp_path, "preset=fast", f"paths.data_root={empty}")
-    with pytest.raises(ConfigError, match=r"(?s)wikitext-2.*not found under.*empty.*LOTTERY_DATA") as refused:
+    with pytest.raises(FileNotFoundError, match=r"(?s)wikitext-2.*not found under.*empty.*LOTTERY_DATA") as refused:
         run(cfg)
-    assert isinstance(refused.value.__cause__, FileNotFoundError)  # found before any training step
+    assert describe(refused.value).startswith("Language-model corpus 'wikitext-2' not found")  # the CLI's one line
 
 
 def test_console_command_runs_a_sweep_and_reports_it(tmp_path: Path):

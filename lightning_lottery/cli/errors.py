@@ -10,11 +10,24 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["ConfigError", "describe", "one_line", "show"]
+__all__ = ["ConfigError", "describe", "is_input_error", "mark_input_error", "one_line", "show"]
+
+_INPUT_ERROR = "_lightning_lottery_input_error"
 
 
 class ConfigError(ValueError):
     """A setting that cannot be used, with the reason, raised before any training starts."""
+
+
+def mark_input_error(err: BaseException) -> BaseException:
+    """Mark an error (of any type) as caused by the input, found before any training step; returns it."""
+    setattr(err, _INPUT_ERROR, True)
+    return err
+
+
+def is_input_error(err: BaseException) -> bool:
+    """A ConfigError, or an error marked by :func:`mark_input_error`."""
+    return isinstance(err, ConfigError) or getattr(err, _INPUT_ERROR, False)
 
 
 def one_line(text: str) -> str:
@@ -67,8 +80,8 @@ def describe(err: BaseException) -> str | None:
     from hydra.errors import HydraException, MissingConfigException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
-    if isinstance(err, ConfigError):
-        return one_line(str(err))
+    if is_input_error(err):
+        return one_line(str(err) or type(err).__name__)
     if isinstance(err, MissingConfigException):
         return _missing_config(err)
     if isinstance(err, OverrideParseException):
