@@ -340,3 +340,18 @@ def test_the_cluster_preset_runs_the_imagenet_shape_in_stable_folders_that_resum
         assert cfg.ckpt_path == "auto"
     finally:
         HydraConfig.instance().cfg = None  # type: ignore[assignment]
+
+
+def test_a_run_that_takes_its_folder_clears_the_temporary_files_of_a_killed_write(tmp_path: Path):
+    leftovers = [tmp_path / "checkpoints" / ".last.ckpt.a1b2.tmp", tmp_path / "lottery" / "round_01" / ".x.tmp"]
+    kept = [tmp_path / "checkpoints" / "last.ckpt", tmp_path / "lottery" / ".keep"]
+    for path in leftovers + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    folder = RunFolder(tmp_path, OmegaConf.create({}))
+    folder.remove_temporary_files()  # not before the folder is ours
+    assert all(p.exists() for p in leftovers)
+    folder.lock()
+    folder.remove_temporary_files()
+    folder.release()
+    assert not any(p.exists() for p in leftovers) and all(p.exists() for p in kept)
