@@ -60,14 +60,18 @@ def _build(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
     except InstantiationException as err:
         cause = err.__cause__ or err
         message = one_line(str(cause))
-        raise ConfigError(f"{_setting_named(cfg, group, message)}: {message}") from cause
+        setting = _setting_named(cfg, group, message) or f"{group} ({OmegaConf.select(cfg, f'{group}._target_')})"
+        raise ConfigError(f"{setting}: {message}") from cause
 
 
-def _setting_named(cfg: DictConfig, group: str, message: str) -> str:
+def _setting_named(cfg: DictConfig, group: str, message: str) -> str | None:
     """The setting of ``group`` an error message is about (``lottery.amount`` for "`amount=1.5` is outside
-    (0, 1)", ``model.arch`` for "Unknown model 'alexnet'"), else the group and its class."""
-    spec = OmegaConf.to_container(cfg[group], resolve=True)
+    (0, 1)", ``model.arch`` for "Unknown model 'alexnet'"), or None."""
+    spec = OmegaConf.to_container(cfg[group], resolve=True) if cfg.get(group) is not None else None
     if isinstance(spec, dict):
+        for key in spec:
+            if not key.startswith("_") and f"{group}.{key}=" in message:  # the message names it itself
+                return f"{group}.{key}"
         for key, value in spec.items():
             if key.startswith("_"):
                 continue
@@ -75,7 +79,7 @@ def _setting_named(cfg: DictConfig, group: str, message: str) -> str:
                 return f"{group}.{key}"
             if isinstance(value, str) and len(value) > 1 and (f"'{value}'" in message or f"`{value}`" in message):
                 return f"{group}.{key}"
-    return f"{group} ({OmegaConf.select(cfg, f'{group}._target_')})"
+    return None
 
 
 def _fill_from_data(cfg: DictConfig, datamodule: pl.LightningDataModule) -> None:
@@ -180,7 +184,9 @@ def _output_dir(cfg: DictConfig) -> Path:
         raise ConfigError(f"paths.output_dir: {one_line(str(err))}") from err
 
 
-def _fit(trainer: pl.Trainer, module: Any, datamodule: Any, checkpoint: Path | None, started: Any) -> None:
+def _fit(
+    cfg: DictConfig, trainer: pl.Trainer, module: Any, datamodule: Any, checkpoint: Path | None, started: Any
+) -> None:
     """``trainer.fit``; an error before the first training step is bad input (data, folders, the callback's setup):
     it keeps its type, marked for :func:`~lightning_lottery.cli.errors.describe` to print as one line."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -189,7 +195,9 @@ def _fit(trainer: pl.Trainer, module: Any, datamodule: Any, checkpoint: Path | N
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
     except (OSError, ValueError, TypeError, KeyError, MisconfigurationException) as err:
         if not started.started:
-            mark_input_error(err)
+            message = one_line(str(err))
+            settings = (_setting_named(cfg, group, message) for group in ("lottery", "data", "trainer", "callbacks"))
+            mark_input_error(err, next((s for s in settings if s), None))
         raise
 
 
@@ -231,7 +239,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         try:
             _fill_from_data(cfg, datamodule)  # may read the data (a vocabulary): a missing corpus shows here
         except (OSError, ValueError) as err:
-            mark_input_error(err)
+            mark_input_error(err, _setting_named(cfg, "data", one_line(str(err))))
             raise
         check_model(cfg)
         module = _build(cfg, "model")
@@ -247,7 +255,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             _write_run_records(cfg, out)
         if logger and hasattr(logger, "log_hyperparams"):
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        _fit(trainer, module, datamodule, plan.checkpoint, started)
+        _fit(cfg, trainer, module, datamodule, plan.checkpoint, started)
     except Exception as err:
         if is_input_error(err):
             folder.abandon()  # no training step ran: leave the folder as the command found it

@@ -121,7 +121,7 @@ def test_missing_data_says_where_it_looked_and_how_to_point_at_it(tmp_path: Path
     cfg = _compose("wikitext2_lstm", tmp_path, "preset=fast", f"paths.data_root={empty}")
     with pytest.raises(FileNotFoundError, match=r"(?s)wikitext-2.*not found under.*empty.*LOTTERY_DATA") as refused:
         run(cfg)
-    assert describe(refused.value).startswith("Language-model corpus 'wikitext-2' not found")  # the CLI's one line
+    assert describe(refused.value).startswith("data.root: Language-model corpus 'wikitext-2' not found")  # one line
 
 
 def test_console_command_runs_a_sweep_and_reports_it(tmp_path: Path):

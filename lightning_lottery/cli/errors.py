@@ -19,15 +19,16 @@ class ConfigError(ValueError):
     """A setting that cannot be used, with the reason, raised before any training starts."""
 
 
-def mark_input_error(err: BaseException) -> BaseException:
-    """Mark an error (of any type) as caused by the input, found before any training step; returns it."""
-    setattr(err, _INPUT_ERROR, True)
+def mark_input_error(err: BaseException, setting: str | None = None) -> BaseException:
+    """Mark an error (of any type) as caused by the input, found before any training step, and the setting it is
+    about when known (its one line then starts with it); returns it."""
+    setattr(err, _INPUT_ERROR, setting or True)
     return err
 
 
 def is_input_error(err: BaseException) -> bool:
     """A ConfigError, or an error marked by :func:`mark_input_error`."""
-    return isinstance(err, ConfigError) or getattr(err, _INPUT_ERROR, False)
+    return isinstance(err, ConfigError) or bool(getattr(err, _INPUT_ERROR, False))
 
 
 def one_line(text: str) -> str:
@@ -81,7 +82,9 @@ def describe(err: BaseException) -> str | None:
     from omegaconf.errors import OmegaConfBaseException
 
     if is_input_error(err):
-        return one_line(str(err) or type(err).__name__)
+        setting = getattr(err, _INPUT_ERROR, None)
+        message = one_line(str(err) or type(err).__name__)
+        return f"{setting}: {message}" if isinstance(setting, str) else message
     if isinstance(err, MissingConfigException):
         return _missing_config(err)
     if isinstance(err, OverrideParseException):
