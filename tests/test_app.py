@@ -18,6 +18,7 @@ from wandb_log import artifacts, config_keys, history_keys, metric_definitions
 import lightning_lottery
 from lightning_lottery import LotteryTicketCallback
 from lightning_lottery.app import ConfigError, run
+from lightning_lottery.cli.errors import describe
 
 CONF = Path(lightning_lottery.__file__).parent / "conf"
 RECIPES = sorted(p.stem for p in (CONF / "recipe").glob("*.yaml"))
@@ -108,21 +109,11 @@ def test_fast_preset_runs_end_to_end(recipe: str, tmp_path: Path):
         assert "state_dict" in torch.load(checkpoint, map_location="cpu", weights_only=True)
 
 
-def test_a_run_resumes_from_its_last_checkpoint(tmp_path: Path):
-    out = tmp_path / "run"
-    overrides = ["preset=fast", "lottery.rounds=2", "trainer.enable_progress_bar=false", "report=false"]
-    overrides += _offline_data("mnist_lenet300", tmp_path)
-    first = run(_compose("mnist_lenet300", out, *overrides))["history"]
-    resumed = run(_compose("mnist_lenet300", out, *overrides, "ckpt_path=last"))["history"]
-    assert [r["round"] for r in resumed] == [0, 1, 2]
-    assert [r["metrics"] for r in resumed] == [r["metrics"] for r in first]
-
-
 def test_bad_lottery_config_fails_before_training(tmp_path: Path):
     cfg = _compose("mnist_lenet300", tmp_path, "lottery.amount=1.5", *_offline_data("mnist_lenet300", tmp_path))
-    with pytest.raises(ConfigError, match=r"config group `lottery`.*`amount=1.5` is outside \(0, 1\)"):
+    with pytest.raises(ConfigError, match=r"^lottery\.amount: `amount=1.5` is outside \(0, 1\)"):
         run(cfg)
-    assert not (tmp_path / "lottery").exists()
+    assert not any(tmp_path.glob("lottery")) and not any(tmp_path.glob("checkpoints"))
 
 
 def test_missing_data_says_where_it_looked_and_how_to_point_at_it(tmp_path: Path, monkeypatch):
@@ -130,8 +121,9 @@ def test_missing_data_says_where_it_looked_and_how_to_point_at_it(tmp_path: Path
     empty = tmp_path / "empty"
     empty.mkdir()
     cfg = _compose("wikitext2_lstm", tmp_path, "preset=fast", f"paths.data_root={empty}")
-    with pytest.raises(FileNotFoundError, match=r"(?s)wikitext-2.*not found under.*empty.*LOTTERY_DATA"):
+    with pytest.raises(FileNotFoundError, match=r"(?s)wikitext-2.*not found under.*empty.*LOTTERY_DATA") as refused:
         run(cfg)
+    assert describe(refused.value).startswith("data.root: Language-model corpus 'wikitext-2' not found")  # one line
 
 
 def test_console_command_runs_a_sweep_and_reports_it(tmp_path: Path):

@@ -32,18 +32,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_lottery.models.vision import INIT_SCHEMES, build_model, output_parameter
+from lightning_lottery.modules.optim import NAMED_OPTIMIZERS, build_optimizer, build_scheduler, resolve_optimizer
 from lightning_lottery.supermask import EdgePopup
 
 __all__ = ["OPTIMIZERS", "SCHEDULE_UNITS", "ImageClassifier", "WarmupMultiStep", "steps_per_epoch"]
 
-OPTIMIZERS = ("adam", "sgd", "adagrad")
+OPTIMIZERS = tuple(NAMED_OPTIMIZERS)  # optimizers by name; any other is a spec (see ImageClassifier)
+_NAMED_DEFAULTS = {"lr": 1.2e-3, "momentum": 0.9, "weight_decay": 0.0, "nesterov": False}
 SCHEDULE_UNITS = ("step", "epoch")  # what warmup_steps and milestones count
 
 
@@ -161,11 +162,13 @@ class ImageClassifier(pl.LightningModule):
             ``"vgg19"``, ``"resnet20"``, ``"resnet18"``, ``"resnet50"``, ``"vgg19_imagenet"``).
         arch_kwargs: constructor arguments of the network, e.g. ``{"num_classes": 5, "dropout": 0.5}``.
         init: ``"glorot_normal"`` (the papers' Gaussian Glorot), ``"kaiming_normal"`` or ``"default"``.
-        optimizer: ``"adam"``, ``"sgd"`` or ``"adagrad"``.
-        lr: base learning rate.
-        momentum: SGD momentum (ignored by Adam/Adagrad).
-        weight_decay: L2 penalty added by the optimizer (to all parameters).
-        nesterov: Nesterov momentum for SGD.
+        optimizer: any optimizer as a spec, ``{"_target_": "torch.optim.AdamW", "lr": 1e-3, ...}`` (its other keys
+            are the optimizer's arguments; built afresh over the trainable parameters in every round), or one of
+            ``"adam"``, ``"sgd"``, ``"adagrad"`` with the four settings below.
+        lr: base learning rate of a named optimizer (default 1.2e-3); with a spec, leave it None.
+        momentum: SGD momentum of a named optimizer (default 0.9; ignored by Adam/Adagrad).
+        weight_decay: L2 penalty added by a named optimizer (to all parameters; default 0).
+        nesterov: Nesterov momentum for a named SGD (default False).
         warmup_steps: linear LR warmup from 0 over this many optimizer steps (epochs with ``schedule_unit="epoch"``).
         milestones: optimizer-step indices at which the LR is multiplied by ``gamma`` (e.g. ``[20000, 25000]``),
             or epochs with ``schedule_unit="epoch"`` (e.g. ``[30, 60, 80]``).
@@ -180,6 +183,9 @@ class ImageClassifier(pl.LightningModule):
             converted to optimizer steps by :meth:`configure_optimizers` with the trainer's epoch length
             (:func:`steps_per_epoch`; needs ``max_epochs``). The warmup still rises every step, and milestone E
             drops the LR at the first step of epoch E (0-based), after E full epochs, as the ImageNet recipes do.
+        lr_scheduler: any LR scheduler as a spec instead of the schedule above, e.g.
+            ``{"_target_": "torch.optim.lr_scheduler.StepLR", "step_size": 1000, "interval": "step"}``
+            (``interval``/``frequency`` as in Lightning; stepped per optimizer step by default).
 
     Only parameters with ``requires_grad`` reach the optimizer (with a supermask: the scores).
 
@@ -192,27 +198,28 @@ class ImageClassifier(pl.LightningModule):
         arch: str = "lenet300",
         arch_kwargs: Mapping[str, Any] | None = None,
         init: str = "glorot_normal",
-        optimizer: str = "adam",
-        lr: float = 1.2e-3,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-        nesterov: bool = False,
+        optimizer: str | Mapping[str, Any] = "adam",
+        lr: float | None = None,
+        momentum: float | None = None,
+        weight_decay: float | None = None,
+        nesterov: bool | None = None,
         warmup_steps: int = 0,
         milestones: Sequence[int] = (),
         gamma: float = 0.1,
         cosine: bool = False,
         supermask: Mapping[str, Any] | None = None,
         schedule_unit: str = "step",
+        lr_scheduler: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"Unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        settings = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "nesterov": nesterov}
+        self.optimizer_spec = resolve_optimizer(optimizer, _NAMED_DEFAULTS, **settings)
         if init not in INIT_SCHEMES:
             raise ValueError(f"Unknown init scheme {init!r}; valid: {', '.join(INIT_SCHEMES)}")
-        if lr <= 0 or weight_decay < 0:
-            raise ValueError(f"lr must be > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
         self.schedule = WarmupMultiStep(warmup_steps, milestones, gamma)  # validates now, not at fit time
+        if lr_scheduler is not None and (warmup_steps or list(milestones) or cosine):
+            raise ValueError("lr_scheduler replaces warmup_steps, milestones and cosine: set only one of them")
         if schedule_unit not in SCHEDULE_UNITS:  # with "epoch", self.schedule counts epochs until configure time
             raise ValueError(f"Unknown schedule_unit {schedule_unit!r}; valid: {', '.join(SCHEDULE_UNITS)}")
         self.model: nn.Module = build_model(arch, init=init, **dict(arch_kwargs or {}))
@@ -307,15 +314,9 @@ class ImageClassifier(pl.LightningModule):
         """A fresh optimizer (and LambdaLR stepped per optimizer step, if any schedule) on every call."""
         hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]  # a supermask freezes the weights
-        optimizer: torch.optim.Optimizer
-        if hp.optimizer == "adam":
-            optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        elif hp.optimizer == "sgd":
-            optimizer = torch.optim.SGD(
-                params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, nesterov=hp.nesterov
-            )
-        else:
-            optimizer = torch.optim.Adagrad(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        optimizer = build_optimizer(self.optimizer_spec, params)
+        if hp.get("lr_scheduler") is not None:
+            return {"optimizer": optimizer, "lr_scheduler": build_scheduler(hp.lr_scheduler, optimizer)}
         cosine_steps = self._total_steps() if hp.get("cosine", False) else 0
         if not self.schedule.warmup_steps and not self.schedule.milestones and not cosine_steps:
             return optimizer  # no scheduler: nothing to step after every optimizer step

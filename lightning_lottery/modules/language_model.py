@@ -24,6 +24,9 @@ from torch.nn import functional as F
 from torchmetrics import MeanMetric
 
 from lightning_lottery.models.language import build_language_model
+from lightning_lottery.modules.optim import build_optimizer, resolve_optimizer
+
+_NAMED_DEFAULTS = {"lr": 1e-3, "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.0}
 
 
 def _token_mean() -> MeanMetric:
@@ -50,11 +53,12 @@ class LanguageModelModule(pl.LightningModule):
         vocab_size: number of words (``datamodule.vocab_size``).
         arch: ``"lstm"`` (:class:`LSTMLanguageModel`) or ``"transformer"`` (:class:`TransformerLanguageModel`).
         arch_kwargs: keyword arguments of the network besides ``vocab_size``.
-        lr: learning rate.
-        optimizer: ``"adam"`` or ``"sgd"``.
-        adam_eps: Adam's epsilon.
-        weight_decay: L2 penalty (added to the gradient, as in ``torch.optim``).
-        momentum: SGD momentum.
+        lr: learning rate of a named optimizer (default 1e-3); with a spec, leave it None.
+        optimizer: any optimizer as a spec, ``{"_target_": "torch.optim.AdamW", "lr": 1e-3, ...}`` (built afresh in
+            every round), or ``"adam"`` / ``"sgd"`` with the settings around it.
+        adam_eps: a named Adam's epsilon (default 1e-8).
+        weight_decay: L2 penalty of a named optimizer (added to the gradient, as in ``torch.optim``; default 0).
+        momentum: a named SGD's momentum (default 0).
     """
 
     def __init__(
@@ -62,16 +66,18 @@ class LanguageModelModule(pl.LightningModule):
         vocab_size: int,
         arch: Literal["lstm", "transformer"] = "lstm",
         arch_kwargs: Mapping[str, Any] | None = None,
-        lr: float = 1e-3,
-        optimizer: Literal["adam", "sgd"] = "adam",
-        adam_eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        momentum: float = 0.0,
+        lr: float | None = None,
+        optimizer: Literal["adam", "sgd"] | Mapping[str, Any] = "adam",
+        adam_eps: float | None = None,
+        weight_decay: float | None = None,
+        momentum: float | None = None,
     ) -> None:
         super().__init__()
-        if optimizer not in ("adam", "sgd"):
-            raise ValueError(f"`optimizer={optimizer!r}` is not one of 'adam', 'sgd'")
+        if isinstance(optimizer, str) and optimizer not in ("adam", "sgd"):
+            raise ValueError(f"`optimizer={optimizer!r}` is not one of 'adam', 'sgd' (or a spec with _target_)")
         self.save_hyperparameters()
+        settings = {"lr": lr, "eps": adam_eps, "weight_decay": weight_decay, "momentum": momentum}
+        self.optimizer_spec = resolve_optimizer(optimizer, _NAMED_DEFAULTS, **settings)
         self.model = build_language_model(arch, vocab_size, **dict(arch_kwargs or {}))
         # One accumulator per split and stage: validation may see valid and test loaders in the same epoch.
         self.val_loss_mean = _token_mean()
@@ -133,7 +139,5 @@ class LanguageModelModule(pl.LightningModule):
         self._log_split("test", self.test_loss_mean)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        hp = self.hparams
-        if hp.optimizer == "adam":
-            return torch.optim.Adam(self.parameters(), lr=hp.lr, eps=hp.adam_eps, weight_decay=hp.weight_decay)
-        return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        """A fresh optimizer over every parameter on each call (every lottery round)."""
+        return build_optimizer(self.optimizer_spec, self.parameters())

@@ -21,13 +21,16 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_lottery.data.graph import GraphBatch
 from lightning_lottery.models.graph import GRAPH_INIT_SCHEMES, build_graph_model
+from lightning_lottery.modules.optim import build_optimizer, resolve_optimizer
 
 __all__ = ["NodeClassifier"]
 
-_OPTIMIZERS = ("adam", "sgd", "adagrad")
+_NAMED_DEFAULTS = {"lr": 0.01, "weight_decay": 5e-4, "momentum": 0.9}
+_SPLITS = ("val", "val_test", "test")  # validation loader 0, validation loader 1 (the test set), test_step
 
 
 class NodeClassifier(pl.LightningModule):
@@ -38,10 +41,13 @@ class NodeClassifier(pl.LightningModule):
         arch_kwargs: its constructor arguments, e.g. ``{"hidden": 64, "dropout": 0.5}``; the app fills
             ``in_channels`` and ``num_classes`` from the datamodule.
         init: ``"default"`` (PyG's Glorot uniform) or ``"glorot_normal"``.
-        optimizer: ``"adam"``, ``"sgd"`` or ``"adagrad"``.
-        lr: learning rate.
-        weight_decay: L2 penalty on every parameter (Kipf & Welling use 5e-4).
-        momentum: SGD momentum (ignored otherwise).
+        optimizer: any optimizer as a spec, ``{"_target_": "torch.optim.AdamW", "lr": 0.01, ...}`` (built afresh
+            in every round), or ``"adam"``, ``"sgd"`` or ``"adagrad"`` with the settings below.
+        lr: learning rate of a named optimizer (default 0.01); with a spec, leave it None.
+        weight_decay: L2 penalty of a named optimizer on every parameter (default 5e-4, as Kipf & Welling).
+        momentum: a named SGD's momentum (default 0.9; ignored otherwise).
+
+    Accuracy is torchmetrics' ``MulticlassAccuracy(average="micro")`` over the split's masked nodes.
 
     The network is the submodule ``model``: the GCN weights are ``model.conv1.lin.weight`` and
     ``model.conv2.lin.weight``, the classifier's ``model.fc.weight``.
@@ -52,20 +58,23 @@ class NodeClassifier(pl.LightningModule):
         arch: str = "gcn",
         arch_kwargs: Mapping[str, Any] | None = None,
         init: str = "default",
-        optimizer: str = "adam",
-        lr: float = 0.01,
-        weight_decay: float = 5e-4,
-        momentum: float = 0.9,
+        optimizer: str | Mapping[str, Any] = "adam",
+        lr: float | None = None,
+        weight_decay: float | None = None,
+        momentum: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if optimizer not in _OPTIMIZERS:
-            raise ValueError(f"Unknown optimizer {optimizer!r}; valid: {', '.join(_OPTIMIZERS)}")
+        settings = {"lr": lr, "weight_decay": weight_decay, "momentum": momentum}
+        self.optimizer_spec = resolve_optimizer(optimizer, _NAMED_DEFAULTS, **settings)
         if init not in GRAPH_INIT_SCHEMES:
             raise ValueError(f"Unknown init scheme {init!r}; valid: {', '.join(GRAPH_INIT_SCHEMES)}")
-        if lr <= 0 or weight_decay < 0:
-            raise ValueError(f"lr must be > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
         self.model: nn.Module = build_graph_model(arch, init=init, **dict(arch_kwargs or {}))
+        num_classes = int(self.model.num_classes)
+        # One accumulator per split (one full-batch evaluation per epoch, so each value is exact for its split).
+        self.accuracy = nn.ModuleDict(
+            {split: MulticlassAccuracy(num_classes, average="micro", validate_args=False) for split in _SPLITS}
+        )
 
     @property
     def output_parameter(self) -> str:
@@ -90,29 +99,27 @@ class NodeClassifier(pl.LightningModule):
         self.log("train_acc", accuracy, on_step=True, on_epoch=False, batch_size=len(y))
         return loss
 
-    def _evaluate(self, batch: GraphBatch, prefix: str) -> None:
+    def _evaluate(self, batch: GraphBatch, prefix: str, split: str) -> None:
         logits, y = self._scores(batch)
         loss = nn.functional.cross_entropy(logits, y)
-        accuracy = (logits.argmax(dim=1) == y).float().mean()
+        accuracy = self.accuracy[split]
+        accuracy.update(logits, y)
         self.log(f"{prefix}_loss", loss, batch_size=len(y), add_dataloader_idx=False, sync_dist=True)
-        self.log(f"{prefix}_acc", accuracy, batch_size=len(y), add_dataloader_idx=False, sync_dist=True)
+        self.log(f"{prefix}_acc", accuracy, add_dataloader_idx=False)
 
     def validation_step(self, batch: GraphBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         if dataloader_idx > 1:
             raise ValueError(
                 f"NodeClassifier expects at most 2 validation dataloaders (val, test), got #{dataloader_idx}"
             )
-        self._evaluate(batch, "val" if dataloader_idx == 0 else "test")
+        if dataloader_idx == 0:
+            self._evaluate(batch, "val", "val")
+        else:
+            self._evaluate(batch, "test", "val_test")
 
     def test_step(self, batch: GraphBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._evaluate(batch, "test")
+        self._evaluate(batch, "test", "test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """A fresh optimizer over the trainable parameters on every call (every lottery round)."""
-        hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
-        if hp.optimizer == "adam":
-            return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        if hp.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        return torch.optim.Adagrad(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        return build_optimizer(self.optimizer_spec, [p for p in self.parameters() if p.requires_grad])
