@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_lottery.ticket import Ticket, atomic_write_csv, atomic_write_json
+from lightning_lottery.io import atomic_write_csv, atomic_write_json
+from lightning_lottery.ticket import Ticket
 
 HISTORY = "history.json"
 

@@ -176,7 +176,7 @@ def _prepare_wandb(cfg: DictConfig) -> None:
 
 def _write_run_records(cfg: DictConfig, out: Path) -> None:
     """``run.json`` and, under Hydra, ``.hydra/`` (config, Hydra config, overrides), written by a new search only."""
-    from lightning_lottery.ticket import atomic_write, atomic_write_json
+    from lightning_lottery.io import atomic_write, atomic_write_json
 
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     info = {

@@ -57,7 +57,8 @@ def test_sparsity_per_tensor_and_remaining_fraction():
 
 
 def _save(path: Path, masks: dict[str, torch.Tensor], round_index: int) -> None:
-    Ticket(masks={n: m.clone() for n, m in masks.items()}, weights={}, round=round_index).save(path)
+    weights = {n: torch.zeros(m.shape) for n, m in masks.items()}  # a ticket file holds a weight for every mask
+    Ticket(masks={n: m.clone() for n, m in masks.items()}, weights=weights, round=round_index).save(path)
 
 
 DENSE = {"fc1.weight": _m([1, 1, 1, 1]), "fc2.weight": _m([1, 1], [1, 1])}

@@ -15,40 +15,19 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lightning_lottery.ticket import atomic_write
+from lightning_lottery.callbacks import AtomicCheckpointIO as AtomicCheckpointIO  # the app's checkpoint writer
+from lightning_lottery.io import atomic_write
 
 __all__ = ["AtomicCheckpointIO", "CSVResumePoint", "ResumableCSVLogger", "TrainingStarted", "route_lightning_logs"]
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """``TorchCheckpointIO`` whose local files are written atomically and synced (remote URLs: Lightning's path)."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        fs = get_filesystem(path)
-        if storage_options is not None or not isinstance(fs, LocalFileSystem):
-            super().save_checkpoint(checkpoint, path, storage_options=storage_options)
-            return
-
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-
-        atomic_write(Path(fs._strip_protocol(str(path))), write)
 
 
 class _AppendingWriter(ExperimentWriter):

@@ -107,7 +107,7 @@ def _distinct_seeds(x: Run, y: Run) -> bool:
 def experiment_overlaps(runs: Sequence[Run]) -> list[OverlapSeries]:
     """Every overlap series of one experiment's runs (variants in the order given), by the levels the report
     shows (one-shot runs aligned with iterative ones)."""
-    variants = _by_key(runs, "variant")
+    variants = _by_key(runs, "label")
     series: list[OverlapSeries] = []
     for variant, members in variants.items():
         levels = OverlapSeries(variant, "consecutive levels")
@@ -140,7 +140,7 @@ def experiment_overlaps(runs: Sequence[Run]) -> list[OverlapSeries]:
 def experiment_layer_sparsity(runs: Sequence[Run]) -> dict[str, dict[int, dict[str, float]]]:
     """Per variant, level and tensor: the % of weights pruned, mean over seeds (main line)."""
     out: dict[str, dict[int, dict[str, float]]] = {}
-    for variant, members in _by_key(runs, "variant").items():
+    for variant, members in _by_key(runs, "label").items():
         values: dict[int, dict[str, list[float]]] = {}
         for run in members:
             for r, tensors in layer_sparsity(run.lottery_dir).items():
