@@ -1,37 +1,38 @@
 #!/usr/bin/env bash
-# The LeNet-300-100 reproduction of docs/results.md on real MNIST: ticket (rewind to θ₀) and random reinit, 15 rounds
-# each (3.5% of the hidden layers' weights left), and random pruning in 5 rounds of 3 (random masks need no training
-# in between: the same levels as rounds 3, 6, ..., 15), for each seed; prune-and-fine-tune (no rewind) for the first
-# seed, 11 rounds (8.7% left). 10,000 iterations per round instead of the paper's 50,000.
+# The LeNet-300-100 reproduction of docs/results.md (Frankle & Carbin 2019, Figures 3-4) on real MNIST: one search
+# per seed with the paper's controls as branches of every level (lottery.controls=[reinit,random]), 15 pruning levels
+# (3.5% of the hidden layers' weights left), STEPS iterations per level (the paper: 50,000), then one report.
 #
-#   LOTTERY_DATA=/path/to/data scripts/reproduce_lenet300.sh [OUT] [SEEDS...]     (default: outputs/lenet300 0 1)
+#   LOTTERY_DATA=/path/to/data scripts/reproduce_lenet300.sh [OUT] [STEPS] [SEEDS...]
+#       (default: runs/lenet300 20000 0 1 2 3 4)
 #
-# Each seed's arms run one after another; seeds run side by side (one BLAS thread each). Then one report.
+# Seeds run two at a time (one BLAS thread each). A killed seed resumes where it stopped: run the script again.
 set -euo pipefail
 
-OUT=${1:-outputs/lenet300}
-shift || true
+OUT=${1:-runs/lenet300}
+STEPS=${2:-20000}
+shift 2 || true
 SEEDS=("$@")
-[[ ${#SEEDS[@]} -gt 0 ]] || SEEDS=(0 1)
+[[ ${#SEEDS[@]} -gt 0 ]] || SEEDS=(0 1 2 3 4)
 LL=${LIGHTNING_LOTTERY:-lightning-lottery}
+PARALLEL=${PARALLEL:-2}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
-arms() { # SEED: the arms of one seed
+search() { # SEED: one seed's whole search (resumed from its last checkpoint when the folder has one)
     local seed=$1
-    local common=(recipe=mnist_lenet300 "seed=$seed" trainer.max_steps=10000 trainer.enable_progress_bar=false report=false)
-    "$LL" -m "${common[@]}" lottery.rounds=15 lottery.rewind=init,reinit "hydra.sweep.dir=$OUT/seed$seed/rewind"
-    "$LL" "${common[@]}" lottery.rounds=5 lottery.pruning=random lottery.amount=0.488 \
-        "lottery.layer_amounts={model.fc3.weight: 0.271}" "hydra.run.dir=$OUT/seed$seed/random_pruning/0"
-    if [[ $seed == "${SEEDS[0]}" ]]; then
-        "$LL" "${common[@]}" lottery.rounds=11 lottery.rewind=none "hydra.run.dir=$OUT/seed$seed/finetune/0"
-    fi
+    "$LL" recipe=mnist_lenet300 "seed=$seed" "trainer.max_steps=$STEPS" trainer.enable_progress_bar=false \
+        report=false ckpt_path=auto "hydra.run.dir=$OUT/seed$seed"
 }
 
 mkdir -p "$OUT"
-pids=()
+running=0
 for seed in "${SEEDS[@]}"; do
-    arms "$seed" > "$OUT/seed$seed.log" 2>&1 &
-    pids+=($!)
+    search "$seed" > "$OUT/seed$seed.log" 2>&1 &
+    running=$((running + 1))
+    if [[ $running -ge $PARALLEL ]]; then
+        wait -n
+        running=$((running - 1))
+    fi
 done
-for pid in "${pids[@]}"; do wait "$pid"; done
+wait
 "$(dirname "$(command -v "$LL")")/lightning-lottery-report" "$OUT" --out "$OUT/report"

@@ -16,10 +16,10 @@ from lightning_lottery.report import collect_runs, write_report
 from lightning_lottery.report.oneshot import align_one_shot
 
 
-
 def _weights(masks: dict) -> dict:
     """A ticket file holds a weight for every mask; their values do not matter here."""
     return {n: torch.zeros(m.shape) for n, m in masks.items()}
+
 
 def _m(*rows: list[int]) -> torch.Tensor:
     return torch.tensor(rows[0] if len(rows) == 1 else list(rows), dtype=torch.bool)
@@ -45,7 +45,9 @@ def _run(
     lottery = folder / "lottery"
     history = []
     for r, masks in enumerate(levels):
-        Ticket(masks=masks, weights=_weights(masks), round=r).save(lottery / f"round_{r:02d}" / "ticket" / "ticket.safetensors")
+        Ticket(masks=masks, weights=_weights(masks), round=r).save(
+            lottery / f"round_{r:02d}" / "ticket" / "ticket.safetensors"
+        )
         kept = sum(int(m.sum()) for m in masks.values())
         history.append(
             {
@@ -63,9 +65,13 @@ def _run(
             }
         )
     for r, masks in enumerate(randoms, start=1):
-        Ticket(masks=masks, weights=_weights(masks), round=r).save(lottery / f"round_{r:02d}" / "random" / "ticket.safetensors")
+        Ticket(masks=masks, weights=_weights(masks), round=r).save(
+            lottery / f"round_{r:02d}" / "random" / "ticket.safetensors"
+        )
     for r, masks in enumerate(levels[1:] if reinit else [], start=1):  # the ticket's own mask, fresh weights
-        Ticket(masks=masks, weights=_weights(masks), round=r).save(lottery / f"round_{r:02d}" / "reinit" / "ticket.safetensors")
+        Ticket(masks=masks, weights=_weights(masks), round=r).save(
+            lottery / f"round_{r:02d}" / "reinit" / "ticket.safetensors"
+        )
     settings = {"rounds": len(levels) - 1, "monitor": "val_loss", "mode": "min", "seed": seed, "rewind": "init"}
     (lottery / "history.json").write_text(json.dumps({"settings": settings, "history": history}))
     (folder / "run.json").write_text(json.dumps({"experiment": "toy", "variant": variant, "seed": seed}))

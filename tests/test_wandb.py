@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ CONF = Path(lightning_lottery.__file__).parent / "conf"
 TINY = [  # LeNet-300-100 on 600 synthetic images, 2 levels of 6 steps
     "preset=fast",
     "fast.rounds=1",
+    "lottery.controls=[]",
     "fast.max_steps=6",
     "fast.val_check_interval=3",
     "data=synthetic",
@@ -43,9 +45,15 @@ TINY = [  # LeNet-300-100 on 600 synthetic images, 2 levels of 6 steps
 
 
 @pytest.fixture
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+def offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Offline W&B, with no run left open by an earlier test of this process (a logger would join it)."""
+    import wandb
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    wandb.finish()
+    yield
+    wandb.finish()
 
 
 def _compose(out: Path, *overrides: str) -> DictConfig:

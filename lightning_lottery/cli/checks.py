@@ -124,9 +124,7 @@ def _matches(value: Any, hint: Any) -> bool | None:
     return None
 
 
-def _signature(target: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
-    """(parameters by name, resolved type hints, whether it takes **kwargs) of a class or function."""
-    function = target.__init__ if isinstance(target, type) else target
+def _own_signature(function: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
     try:
         parameters = dict(inspect.signature(function).parameters)
     except (TypeError, ValueError):
@@ -139,6 +137,22 @@ def _signature(target: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any
     takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     parameters = {n: p for n, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
     return parameters, hints, takes_kwargs
+
+
+def _signature(target: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
+    """(parameters by name, resolved type hints, whether it takes **kwargs) of a class or function. A class whose
+    ``__init__`` passes ``**kwargs`` on to its base (e.g. a ModelCheckpoint subclass) gets the base's arguments too."""
+    if not isinstance(target, type):
+        return _own_signature(target)
+    parameters: dict[str, inspect.Parameter] = {}
+    hints: dict[str, Any] = {}
+    for cls in (c for c in target.__mro__ if "__init__" in vars(c) and c is not object):
+        own, own_hints, takes_kwargs = _own_signature(vars(cls)["__init__"])
+        parameters = {**own, **parameters}
+        hints = {**own_hints, **hints}
+        if not takes_kwargs:
+            return parameters, hints, False
+    return parameters, hints, True
 
 
 def check_arguments(spec: dict[str, Any], prefix: str, skip: Iterable[str] = ()) -> Any:
