@@ -1,18 +1,21 @@
-"""Training-step cost of masks at 90% sparsity, relative to plain dense Lightning training of the same model.
+"""Training-step cost of masks at 90% sparsity, relative to plain dense Lightning training with the same optimizer.
 
 Variants (same LightningModule, same in-memory batches, each one a full ``trainer.fit``):
   dense            no masks
   lottery          our LotteryTicketCallback enforcing 90%-sparse masks
   torch.prune      torch.nn.utils.prune forward pre-hooks at 90% (orig * mask on every forward)
   ModelPruning     Lightning's ModelPruning(use_lottery_ticket_hypothesis=True), 90% from the end of epoch 0
+Optimizers: SGD with momentum 0.9, fused Adam (one kernel per step, the recipes' choice) and stock (foreach) Adam.
 Time = median epoch time over epochs 1.. (epoch 0 warms up; ModelPruning prunes at its end). The ratio is
-variant / dense within each repeat (variants interleaved), then the median over repeats.
+variant / dense within each repeat (variants interleaved), then the median over repeats. Goal: lottery / dense
+<= 1.05 with SGD and fused Adam on every model.
 
-Also measured: ``sqrt`` of a LeNet fc1-sized tensor that is 90% exact zeros vs. one of positive values. Adam takes
-the square root of its second moments every step, and those of masked weights are exactly zero (their gradients
-are zero, with our masks and with torch.nn.utils.prune alike); on some CPUs that costs several times more.
+Stock Adam takes ``sqrt`` of its second moments every step, and those of masked weights are exactly zero (their
+gradients are zero, with our masks and with torch.nn.utils.prune alike); on some CPUs ``sqrt`` of exact zeros is
+many times slower. The "sqrt share" is the extra time that costs per step (sqrt of every prunable tensor at 90%
+zeros minus at positive values, measured here) as a fraction of the dense step.
 
-    python -m benchmarks mask_overhead [--models lenet300 conv2 resnet20] [--repeats 5]
+    python -m benchmarks mask_overhead [--models lenet300 conv2 resnet20] [--optimizers sgd adam_fused adam]
 """
 
 from __future__ import annotations
@@ -32,11 +35,16 @@ from lightning_lottery import LotteryTicketCallback
 from lightning_lottery.core import install_masks, select_prunable
 from lightning_lottery.modules.classifier import ImageClassifier
 
-# model -> (arch, input shape, batch size, optimizer, steps per epoch)
-MODELS: dict[str, tuple[str, tuple[int, ...], int, str, int]] = {
-    "lenet300": ("lenet300", (1, 28, 28), 60, "adam", 300),
-    "conv2": ("conv2", (3, 32, 32), 60, "adam", 25),
-    "resnet20": ("resnet20", (3, 32, 32), 128, "sgd", 15),
+# model -> (arch, input shape, batch size, steps per epoch)
+MODELS: dict[str, tuple[str, tuple[int, ...], int, int]] = {
+    "lenet300": ("lenet300", (1, 28, 28), 60, 300),
+    "conv2": ("conv2", (3, 32, 32), 60, 25),
+    "resnet20": ("resnet20", (3, 32, 32), 128, 15),
+}
+OPTIMIZERS: dict[str, dict[str, Any]] = {
+    "sgd": {"_target_": "torch.optim.SGD", "lr": 0.01, "momentum": 0.9},
+    "adam_fused": {"_target_": "torch.optim.Adam", "lr": 1e-3, "fused": True},
+    "adam": {"_target_": "torch.optim.Adam", "lr": 1e-3},  # stock: foreach
 }
 SPARSITY = 0.9
 EPOCHS = 4
@@ -82,10 +90,10 @@ def random_masks(model: torch.nn.Module, sparsity: float = SPARSITY) -> dict[str
     return {n: torch.rand(t.shape, generator=g) >= sparsity for n, t in select_prunable(model).items()}
 
 
-def _fit(name: str, variant: str, batches: Batches, accelerator: str) -> float:
-    arch, _, _, optimizer, _ = MODELS[name]
+def _fit(name: str, optimizer: str, variant: str, batches: Batches, accelerator: str) -> float:
+    arch = MODELS[name][0]
     torch.manual_seed(0)
-    model = ImageClassifier(arch=arch, optimizer=optimizer, lr=0.01, init="default")
+    model = ImageClassifier(arch=arch, optimizer=dict(OPTIMIZERS[optimizer]), init="default")
     timer = EpochTimer()
     callbacks: list[pl.Callback] = [timer]
     if variant == "lottery":
@@ -123,18 +131,19 @@ def _fit(name: str, variant: str, batches: Batches, accelerator: str) -> float:
     return statistics.median(timer.times[1:])
 
 
-def sqrt_of_zeros(repeats: int = 200) -> dict[str, float]:
-    """Median microseconds of ``sqrt`` on a 300x784 tensor: positive values vs. 90% exact zeros (Adam's masked
-    second moments)."""
+def sqrt_of_zeros(shapes: list[tuple[int, ...]], repeats: int = 50) -> dict[str, float]:
+    """Median microseconds of ``sqrt`` over tensors of ``shapes`` (one model's prunable tensors): positive values
+    vs. 90% exact zeros (Adam's masked second moments)."""
     g = torch.Generator().manual_seed(0)
-    dense = torch.rand(300, 784, generator=g) + 1e-3
-    sparse = dense * (torch.rand(300, 784, generator=g) >= SPARSITY)
+    dense = [torch.rand(shape, generator=g) + 1e-3 for shape in shapes]
+    sparse = [t * (torch.rand(t.shape, generator=g) >= SPARSITY) for t in dense]
     out: dict[str, float] = {}
-    for name, tensor in (("positive", dense), ("90% zeros", sparse)):
+    for name, tensors in (("positive", dense), ("90% zeros", sparse)):
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            tensor.sqrt()
+            for tensor in tensors:
+                tensor.sqrt()
             times.append(time.perf_counter() - start)
         out[name] = 1e6 * statistics.median(times)
     return out
@@ -143,46 +152,52 @@ def sqrt_of_zeros(repeats: int = 200) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--variants", nargs="+", default=["dense", "lottery", "torch.prune", "ModelPruning"])
+    parser.add_argument("--variants", nargs="+", default=["dense", "lottery"])
     args = parser.parse_args(argv)
     accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     device = "cuda" if accelerator == "gpu" else "cpu"
     rows: list[list[Any]] = []
     for name in args.models:
-        _, shape, batch_size, _, steps = MODELS[name]
+        _, shape, batch_size, steps = MODELS[name]
         batches = Batches(shape, batch_size, steps, device)
-        runs = {v: (lambda v=v, n=name, b=batches: _fit(n, v, b, accelerator)) for v in args.variants}
-        times = interleaved(runs, repeats=args.repeats, warmup=0)
-        ratios = paired_ratios(times, "dense")
-        for variant, ts in times.items():
-            step_ms = 1000 * statistics.median(ts) / steps
-            emit(
-                {
-                    "benchmark": "mask_overhead",
-                    "model": name,
-                    "variant": variant,
-                    "sparsity": SPARSITY,
-                    "median_step_ms": step_ms,
-                    "ratio_to_dense": ratios[variant],
-                    "repeats": args.repeats,
-                    "steps_per_epoch": steps,
-                    "batch_size": batch_size,
-                    **machine(),
-                }
-            )
-            rows.append([name, variant, f"{step_ms:.2f}", f"{ratios[variant]:.3f}"])
+        shapes = [t.shape for t in select_prunable(ImageClassifier(arch=MODELS[name][0], init="default")).values()]
+        for optimizer in args.optimizers:
+            runs = {
+                v: (lambda v=v, n=name, o=optimizer, b=batches: _fit(n, o, v, b, accelerator)) for v in args.variants
+            }
+            times = interleaved(runs, repeats=args.repeats, warmup=0)
+            ratios = paired_ratios(times, "dense")
+            dense_ms = 1000 * statistics.median(times["dense"]) / steps
+            share = None
+            if optimizer == "adam" and device == "cpu":
+                sqrt_us = sqrt_of_zeros(shapes)
+                share = (sqrt_us["90% zeros"] - sqrt_us["positive"]) / 1000 / dense_ms
+            for variant, ts in times.items():
+                step_ms = 1000 * statistics.median(ts) / steps
+                emit(
+                    {
+                        "benchmark": "mask_overhead",
+                        "model": name,
+                        "optimizer": optimizer,
+                        "variant": variant,
+                        "sparsity": SPARSITY,
+                        "median_step_ms": step_ms,
+                        "ratio_to_dense": ratios[variant],
+                        "sqrt_share_of_dense_step": share if variant == "lottery" else None,
+                        "repeats": args.repeats,
+                        "steps_per_epoch": steps,
+                        "batch_size": batch_size,
+                        **machine(),
+                    }
+                )
+                sqrt_cell = f"{100 * share:.1f}%" if share is not None and variant == "lottery" else ""
+                rows.append([name, optimizer, variant, f"{step_ms:.2f}", f"{ratios[variant]:.3f}", sqrt_cell])
     table(
-        f"training step at {SPARSITY:.0%} sparsity (median of {args.repeats})",
+        f"training step at {SPARSITY:.0%} sparsity vs dense with the same optimizer (median of {args.repeats})",
         rows,
-        ["model", "variant", "ms/step", "ratio to dense"],
-    )
-    sqrt_us = sqrt_of_zeros()
-    emit({"benchmark": "mask_overhead", "measure": "sqrt_us_300x784", **sqrt_us, **machine()})
-    table(
-        "sqrt of Adam's second moments (300x784, median us)",
-        [[name, f"{us:.0f}"] for name, us in sqrt_us.items()],
-        ["values", "us"],
+        ["model", "optimizer", "variant", "ms/step", "ratio to dense", "sqrt share"],
     )
 
 

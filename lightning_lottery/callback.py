@@ -253,6 +253,7 @@ class LotteryTicketCallback(Callback):
         self._steps_before = 0  # optimizer steps of all finished branches
         self._budget: dict[str, Any] = {}
         self._rng_resume: dict[str, Any] | None = None
+        self._checkpoint_state: dict[str, Any] | None = None  # handed over by Lightning, applied when a fit starts
         self._resumed = False
         self._ran = False
         self._clock = time.monotonic()
@@ -389,6 +390,7 @@ class LotteryTicketCallback(Callback):
             return
         _relaunch.check_trainer(trainer)
         self._resumed = False  # until Lightning hands this callback a checkpoint's state (after setup)
+        self._checkpoint_state = None
         if uninitialized := uninitialized_parameters(pl_module):
             raise ValueError(
                 f"{pl_module.__class__.__name__} has uninitialised (lazy) parameters {uninitialized[:5]}: the "
@@ -431,6 +433,9 @@ class LotteryTicketCallback(Callback):
     # ------------------------------------------------------------------ starting the search
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._checkpoint_state is not None:
+            self._restore(self._checkpoint_state)
+            self._checkpoint_state = None
         if self._ran and not self._resumed:
             raise RuntimeError(
                 "This LotteryTicketCallback already ran a search (its history, masks and rewind points belong to "
@@ -818,6 +823,11 @@ class LotteryTicketCallback(Callback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Lightning hands checkpoints' callback states over for validate/test/predict too: only a fit resumes the
+        # search (in on_fit_start); evaluating a checkpoint after a search leaves its history and masks alone.
+        self._checkpoint_state = state_dict
+
+    def _restore(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("version") != _STATE_VERSION:
             raise ValueError(
                 f"The checkpoint's lottery state has version {state_dict.get('version')}, this version reads "

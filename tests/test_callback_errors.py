@@ -184,7 +184,15 @@ def test_spawned_ddp_warns_that_results_stay_in_the_workers():
         check_trainer(_fake_trainer(DDPStrategy(start_method="spawn")))  # type: ignore[arg-type]
 
 
-def test_resuming_with_different_settings_is_refused():
-    state = LotteryTicketCallback(amount=0.2).state_dict()
+def test_resuming_with_different_settings_is_refused(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    train, val = loaders()
+    first = [LotteryTicketCallback(amount=0.2, rounds=1), ModelCheckpoint(dirpath=tmp_path, save_last=True)]
+    trainer(callbacks=first, max_epochs=1, enable_checkpointing=True).fit(TinyNet(), train, val)
+    model = TinyNet()
+    again = [LotteryTicketCallback(amount=0.3, rounds=1), ModelCheckpoint(dirpath=tmp_path, save_last=True)]
     with pytest.raises(ValueError, match=r"different lottery search.*amount: checkpoint 0.2 vs now 0.3"):
-        LotteryTicketCallback(amount=0.3).load_state_dict(state)
+        fit = trainer(callbacks=again, max_epochs=1, enable_checkpointing=True)
+        fit.fit(model, train, val, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert model.training_steps == 0

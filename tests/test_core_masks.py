@@ -191,3 +191,65 @@ def test_pruning_keeps_parameter_order():
     assert [n.replace("_orig", "") for n, _ in model.named_parameters()] == dense_order
     remove_masks(model)
     assert [n for n, _ in model.named_parameters()] == dense_order
+
+
+def _train_steps(model: nn.Module, opt: torch.optim.Optimizer, enforcer: MaskEnforcer, steps: int, mask_grads=True):
+    x, y = torch.randn(16, 6), torch.randint(0, 2, (16,))
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        if mask_grads:
+            enforcer.mask_gradients()
+        opt.step()
+
+
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True),
+        lambda p: torch.optim.Adam(p, lr=0.05, weight_decay=0.01),
+        lambda p: torch.optim.Adam(p, lr=0.05, fused=True),
+        lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.1),
+        lambda p: torch.optim.RMSprop(p, lr=0.01, momentum=0.5),
+        lambda p: torch.optim.Adagrad(p, lr=0.1, initial_accumulator_value=0.1),
+    ],
+    ids=["sgd-nesterov-wd", "adam-l2", "adam-fused", "adamw", "rmsprop", "adagrad"],
+)
+def test_element_wise_optimizers_keep_masked_weights_zero_without_a_weight_multiply(make_opt):
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
+    install_masks(select_prunable(model), _half_masks(model))
+    opt = make_opt(model.parameters())
+    enforcer = MaskEnforcer(model, verify_every=1).attach([opt])  # checks after every step
+    multiplies = []
+    enforcer.zero_masked_weights = lambda: multiplies.append(1)  # type: ignore[method-assign]
+    _train_steps(model, opt, enforcer, 20)
+    assert not multiplies and not enforcer.always, "no multiply needed, and every check found zeros"
+    for i in (0, 2):
+        assert bool((model[i].weight_orig[model[i].weight_mask == 0] == 0).all())
+
+
+def test_other_optimizers_and_unmasked_steps_get_the_multiply_and_a_leak_switches_it_on():
+    class Noisy(torch.optim.SGD):  # not element-wise in our sense: it moves weights whose gradient is zero
+        def step(self, closure=None):
+            super().step(closure)
+            with torch.no_grad():
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        p.add_(0.01)
+
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
+    install_masks(select_prunable(model), _half_masks(model))
+    opt = Noisy(model.parameters(), lr=0.1)
+    noisy = MaskEnforcer(model).attach([opt])
+    _train_steps(model, opt, noisy, 3)  # gradients masked, but the optimizer is not one we trust
+    for i in (0, 2):
+        assert bool((model[i].weight_orig[model[i].weight_mask == 0] == 0).all()), "zeroed after every step"
+
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    enforcer = MaskEnforcer(model, verify_every=2).attach([sgd])
+    _train_steps(model, sgd, enforcer, 1, mask_grads=False)  # a step without masked gradients: zeroed after it
+    assert not enforcer.leaked() and not enforcer.always
+    with torch.no_grad():
+        model[0].weight_orig.add_(1.0)  # something else wrote into masked weights
+    _train_steps(model, sgd, enforcer, 2)
+    assert enforcer.always and not enforcer.leaked(), "the check found the leak, zeroed it and keeps zeroing"

@@ -171,14 +171,33 @@ def remove_masks(model: nn.Module) -> None:
         _keep_position(module, before, hook._tensor_name + "_orig", hook._tensor_name)
 
 
-class MaskEnforcer:
-    """Keeps masked weights at exactly zero during training, with two fused ops per optimizer step.
+# Optimizers that update each weight from its own gradient, value and per-weight state only: a weight that is zero
+# and whose gradient has been zero since the optimizer was created stays exactly zero (SGD with momentum and weight
+# decay, Adam/AdamW's zero moments, ...). Their masked weights need no multiply after the step; others get one.
+ELEMENTWISE_OPTIMIZERS = (
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.Adamax,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+    torch.optim.RMSprop,
+    torch.optim.Adagrad,
+    torch.optim.Adadelta,
+)
 
-    Call :meth:`mask_gradients` after backward (and before gradient clipping) and :meth:`zero_masked_weights`
-    after each optimizer step; while active, the models' hooks skip the per-forward multiplication.
+
+class MaskEnforcer:
+    """Keeps masked weights at exactly zero during training, for about one fused multiply per optimizer step.
+
+    Call :meth:`mask_gradients` after backward (before gradient clipping); :meth:`attach` hooks the optimizers. After
+    a step of an element-wise optimizer (:data:`ELEMENTWISE_OPTIMIZERS`) whose gradients were masked, masked weights
+    are still zero, so they are only checked every ``verify_every`` steps; after any other step (another optimizer,
+    or a step without masked gradients) they are zeroed. A failed check zeroes them after every step from then on.
+    While active, the models' hooks skip the per-forward multiplication.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, verify_every: int = 100) -> None:
         pairs = []
         self._sites = list(lottery_hooks(model))
         self._hooks = [hook for _, hook in self._sites]
@@ -188,16 +207,20 @@ class MaskEnforcer:
             if all(orig is not p for p, _ in pairs):
                 pairs.append((orig, mask))
         self._params = [p for p, _ in pairs]
-        self._handles: list[Any] = []
         self._masks = [m.to(p.dtype) if m.dtype != p.dtype else m for p, m in pairs]
+        self._handles: list[Any] = []
+        self.verify_every = verify_every
+        self.always = False  # zero masked weights after every step (a check found one that was not)
+        self._grads_masked = False
+        self._skipped = 0
 
     def __len__(self) -> int:
         return len(self._params)
 
     def attach(self, optimizers: Iterable[torch.optim.Optimizer]) -> MaskEnforcer:
-        """Activate, and zero masked weights after every step of ``optimizers``; returns ``self``."""
+        """Activate, and keep masked weights zero after every step of ``optimizers``; returns ``self``."""
         self.activate()
-        self._handles = [opt.register_step_post_hook(lambda *_: self.zero_masked_weights()) for opt in optimizers]
+        self._handles = [opt.register_step_post_hook(lambda opt, *_: self._after_step(opt)) for opt in optimizers]
         return self
 
     def detach(self) -> None:
@@ -223,8 +246,25 @@ class MaskEnforcer:
         if pairs:
             grads, masks = zip(*pairs)
             torch._foreach_mul_(list(grads), list(masks))
+        self._grads_masked = True
 
     @torch.no_grad()
     def zero_masked_weights(self) -> None:
         if self._params:
             torch._foreach_mul_(self._params, self._masks)
+
+    @torch.no_grad()
+    def leaked(self) -> bool:
+        """Whether a masked weight is not zero."""
+        return any(bool((p.detach() * (1 - m)).any()) for p, m in zip(self._params, self._masks))
+
+    def _after_step(self, optimizer: torch.optim.Optimizer) -> None:
+        safe = self._grads_masked and not self.always and type(optimizer) in ELEMENTWISE_OPTIMIZERS
+        self._grads_masked = False
+        if not safe:
+            self.zero_masked_weights()
+            return
+        self._skipped += 1
+        if self._skipped % self.verify_every == 0 and self.leaked():
+            self.always = True
+            self.zero_masked_weights()
