@@ -9,11 +9,13 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 
 
-def log_metrics(trainer: pl.Trainer, metrics: Mapping[str, float]) -> None:
-    """Send ``metrics`` to every logger at the trainer's logger step (monotonic across branches)."""
+def log_metrics(trainer: pl.Trainer, metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Send ``metrics`` to every logger at ``step``, by default the trainer's logger step (monotonic across
+    branches: the optimizer steps of the whole search so far)."""
     if not trainer.is_global_zero or not metrics:
         return
-    step = trainer.fit_loop.epoch_loop._batches_that_stepped
+    if step is None:
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
     for logger in trainer.loggers:
         logger.log_metrics(dict(metrics), step=step)
 

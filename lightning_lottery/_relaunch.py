@@ -233,6 +233,14 @@ def _reset_checkpoint(callback: ModelCheckpoint) -> None:
     callback._defer_save_until_validation = False
 
 
+def reset_logged_metrics(trainer: pl.Trainer) -> None:
+    """A fresh fit's metric state: no callback / progress-bar metrics of the previous branch, no half-aggregated
+    epoch values (a branch that ended inside an epoch would otherwise leak into the next one's records)."""
+    connector = trainer._logger_connector
+    connector.reset_results()
+    connector.reset_metrics()
+
+
 def reset_monitoring_callbacks(trainer: pl.Trainer) -> None:
     for callback in trainer.callbacks:
         if isinstance(callback, EarlyStopping):

@@ -83,16 +83,17 @@ def _clear_restart(loop: Any) -> None:
             _clear_restart(child)
 
 
-def resume_at(trainer: pl.Trainer, point: ResumePoint, schedule: bool = True) -> None:
+def resume_at(trainer: pl.Trainer, point: ResumePoint, logger_step: int, schedule: bool = True) -> None:
     """Put a freshly relaunched fit loop (new optimizers already built) at ``point`` of round 0.
 
-    ``schedule=False`` leaves the optimizers and schedulers as built (fine-tuning holds its own learning rates).
+    ``logger_step``: where the loggers' step counter continues (the optimizer steps of the search so far, so logged
+    curves stay monotonic across branches). ``schedule=False`` leaves the optimizers and schedulers as built
+    (fine-tuning holds its own learning rates).
     """
     fit_loop = trainer.fit_loop
-    logger_step = fit_loop.epoch_loop._batches_that_stepped
     fit_loop.load_state_dict(copy.deepcopy(point.loops))
     fit_loop._last_train_dl_reload_epoch = point.reload_epoch
-    fit_loop.epoch_loop._batches_that_stepped = logger_step  # logged curves stay monotonic across branches
+    fit_loop.epoch_loop._batches_that_stepped = logger_step
     trainer.should_stop = False
     if schedule:
         restore_schedule(trainer, point.schedule)

@@ -58,6 +58,7 @@ from lightning_lottery.ticket import Ticket, ticket_metadata
 from lightning_lottery.transfer import TicketSequence
 
 _STATE_VERSION = 2
+_CALLBACK_METRICS = "lottery_callback_metrics"  # checkpoint key
 # What a checkpoint holds of the search besides its parts' own state (saved under the names without "_").
 _STATE = (
     "position",
@@ -79,6 +80,17 @@ _STATE = (
     "_steps_before",
     "_early_bird_step",
 )
+
+
+def _epochs_begun(trainer: pl.Trainer) -> int:
+    """Epochs the branch has begun by its last step. A run that stops at ``max_steps`` inside an epoch counts it
+    (as Lightning's ``current_epoch`` does after the epoch end); computed from the step, so a run resumed from a
+    checkpoint taken at its last step, whose loop never reaches that epoch end, counts the same."""
+    batches = trainer.num_training_batches
+    if not math.isfinite(batches) or not batches:
+        return trainer.current_epoch
+    per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
+    return max(trainer.current_epoch, math.ceil(trainer.global_step / per_epoch))
 
 
 class LotteryTicketCallback(Callback):
@@ -254,6 +266,7 @@ class LotteryTicketCallback(Callback):
         self._budget: dict[str, Any] = {}
         self._rng_resume: dict[str, Any] | None = None
         self._checkpoint_state: dict[str, Any] | None = None  # handed over by Lightning, applied when a fit starts
+        self._callback_metrics: dict[str, Tensor] | None = None  # the checkpoint's, restored when a fit resumes
         self._resumed = False
         self._ran = False
         self._clock = time.monotonic()
@@ -484,6 +497,7 @@ class LotteryTicketCallback(Callback):
         check_workers(trainer, self.late_rewinding)  # sets up the training data: draws from the RNG (restored below)
         if self._resumed:
             assert self._rng_resume is not None
+            trainer.callback_metrics.update(self._callback_metrics or {})
             positioned = reposition_after_checkpoint(trainer, self._epoch_rng, self._rng_resume)
             self._iterator_epoch = trainer.fit_loop.epoch_progress.current.processed if positioned else None
             self._rng_resume = None
@@ -674,6 +688,7 @@ class LotteryTicketCallback(Callback):
         self._branch_start = None if derived else state
         self._relaunch(trainer)
         self._metrics.reset()
+        self._resumed = False  # from here on, the search runs as if never interrupted
         self._early_bird_step = None
         if self._early_bird is not None:
             self._early_bird.reset()
@@ -682,12 +697,13 @@ class LotteryTicketCallback(Callback):
 
     def _relaunch(self, trainer: pl.Trainer) -> None:
         _relaunch.reset_monitoring_callbacks(trainer)
+        _relaunch.reset_logged_metrics(trainer)
         _relaunch.recreate_optimizers(trainer)
         self._activate_masks(trainer)
         point = self._recorder.point if self.late_rewinding else self._start_point
         assert point is not None
         finetune = self.rewind.kind == "finetune" and self.tickets is None
-        resume_at(trainer, point, schedule=not finetune)
+        resume_at(trainer, point, logger_step=self._steps_before, schedule=not finetune)
         if finetune:
             assert self._final_schedule is not None
             _relaunch.hold_learning_rates(trainer, self._final_schedule)
@@ -713,7 +729,7 @@ class LotteryTicketCallback(Callback):
             "start_step": self._branch_start_step,
             "end_step": trainer.global_step,
             "steps": steps,
-            "epochs": trainer.current_epoch,
+            "epochs": _epochs_begun(trainer),
             "cumulative_steps": self._steps_before + steps,
             "early_bird_step": self._early_bird_step,
             "steps_saved": self._planned_steps(trainer) - steps if self._early_bird_step is not None else 0,
@@ -734,7 +750,7 @@ class LotteryTicketCallback(Callback):
             if callable(listener):
                 listener(trainer, trainer.lightning_module, record, folder)
         summary = {f"round_summary/{k}": v for k, v in record.items() if isinstance(v, (int, float))}
-        _display.log_metrics(trainer, summary)
+        _display.log_metrics(trainer, summary, step=self._steps_before)  # the search's steps so far
 
     def _planned_steps(self, trainer: pl.Trainer) -> int:
         """The steps the branch would have trained without early-bird (its budget from its start)."""
@@ -779,7 +795,8 @@ class LotteryTicketCallback(Callback):
     def _announce(self, trainer: pl.Trainer) -> None:
         sparsity, remaining, total, _ = self.sparsity()
         pct = 100.0 * remaining / total if total else 100.0
-        _display.log_metrics(trainer, {"round": float(self.round), "sparsity": sparsity, "remaining_weights": pct})
+        if not self._resumed:  # a resumed branch was announced to the loggers when it started
+            _display.log_metrics(trainer, {"round": float(self.round), "sparsity": sparsity, "remaining_weights": pct})
         if self.verbose:
             how = (
                 f"transfer: {self.tickets.label}"
@@ -797,7 +814,9 @@ class LotteryTicketCallback(Callback):
         self._release(trainer)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        """Store dense weights: the checkpoint loads into a fresh, unpruned model (masks live in our state)."""
+        """Store dense weights: the checkpoint loads into a fresh, unpruned model (masks live in our state). Also
+        the metrics callbacks see now, which Lightning does not checkpoint: a resumed run sees them too."""
+        checkpoint[_CALLBACK_METRICS] = {k: v.detach().cpu() for k, v in trainer.callback_metrics.items()}
         state = checkpoint.get("state_dict")
         if state is None:
             return
@@ -807,6 +826,9 @@ class LotteryTicketCallback(Callback):
                 name = prefix + hook._tensor_name
                 if name + "_orig" in state and name + "_mask" in state:
                     state[name] = state.pop(name + "_orig") * state.pop(name + "_mask")
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self._callback_metrics = checkpoint.get(_CALLBACK_METRICS)
 
     def state_dict(self) -> dict[str, Any]:
         start = self._start_point.to_state() if self._start_point is not None else None

@@ -6,13 +6,13 @@ architecture with a fresh random initialisation, and ``load_from_checkpoint`` wo
 
 Logged metrics (``add_dataloader_idx=False``):
 
-* ``train_loss``: as ``self.log("train_loss", on_step=True, on_epoch=True)`` names it: ``train_loss_step`` and
-  ``train_loss_epoch`` (the exact per-example mean over the epoch; ``train_loss`` in ``callback_metrics``).
-  ``self.log`` costs a fraction of a millisecond per call, so the loss is summed on-device every step and
-  handed to Lightning only on the steps the logger writes (every ``log_every_n_steps``) and at the epoch's last
-  batch, as the mean over the steps since the previous hand-over, weighted by their example count. Lightning's
-  batch-size-weighted epoch mean then combines these exactly, and ``train_loss_step`` is the mean over the
-  logging window (with ``log_every_n_steps=1``: each step's loss, as usual);
+* ``train_loss``: named as ``self.log("train_loss", on_step=True, on_epoch=True)`` names it: ``train_loss_step``
+  (the mean over the logging window) and ``train_loss_epoch`` (the exact per-example mean over the epoch);
+  ``train_loss`` in ``callback_metrics`` is the latest of them. ``self.log`` costs a fraction of a millisecond per
+  call, so the loss is summed on-device every step and handed to Lightning only on the steps the logger writes
+  (every ``log_every_n_steps``) and at the epoch's last batch. The sums live in this module, not in Lightning's
+  epoch aggregation, and go into checkpoints: a run resumed in the middle of an epoch logs what an uninterrupted
+  one would;
 * ``train_acc``: accuracy on the training batches seen since the previous validation (in training mode, dropout
   included), logged with each validation, so that the record of the early-stop iteration has the training accuracy
   of the steps leading to it (Frankle & Carbin's train-test gap at early stop). Counted on-device, no host sync;
@@ -120,6 +120,13 @@ class _LossSum:
         self.total: Tensor | None = None
         self.count = 0
 
+    def state(self) -> dict[str, Any]:
+        return {"total": None if self.total is None else self.total.detach().clone(), "count": self.count}
+
+    def load(self, state: Mapping[str, Any], device: Any) -> None:
+        self.total = None if state["total"] is None else state["total"].to(device)
+        self.count = state["count"]
+
     def add(self, mean_loss: Tensor, count: int) -> None:
         self.total = mean_loss * count if self.total is None else self.total.add_(mean_loss, alpha=count)
         self.count += count
@@ -139,6 +146,13 @@ class _CorrectCount:
     def __init__(self) -> None:
         self.correct: Tensor | None = None
         self.count = 0
+
+    def state(self) -> dict[str, Any]:
+        return {"correct": None if self.correct is None else self.correct.detach().clone(), "count": self.count}
+
+    def load(self, state: Mapping[str, Any], device: Any) -> None:
+        self.correct = None if state["correct"] is None else state["correct"].to(device)
+        self.count = state["count"]
 
     def add(self, logits: Tensor, target: Tensor) -> None:
         hits = (logits.argmax(dim=1) == target).sum()
@@ -230,8 +244,10 @@ class ImageClassifier(pl.LightningModule):
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_test_accuracy = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
-        self._train_loss = _LossSum()
+        self._train_loss = _LossSum()  # since the last hand-over to Lightning
+        self._epoch_loss = _LossSum()  # since the epoch started
         self._train_correct = _CorrectCount()
+        self._restored = False  # accumulators just came from a checkpoint: the resumed run goes on with them
 
     @property
     def output_parameter(self) -> str:
@@ -242,20 +258,44 @@ class ImageClassifier(pl.LightningModule):
         return self.model(x)
 
     def on_train_start(self) -> None:
-        self._train_correct = _CorrectCount()  # a new fit (or lottery branch) starts a new window
+        if not self._restored:
+            self._train_correct = _CorrectCount()  # a new fit (or lottery branch) starts a new window
+        self._restored = False
 
     def on_train_epoch_start(self) -> None:
         self._train_loss = _LossSum()
+        self._epoch_loss = _LossSum()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["train_accumulators"] = {
+            "loss": self._train_loss.state(),
+            "epoch_loss": self._epoch_loss.state(),
+            "correct": self._train_correct.state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("train_accumulators")
+        if state is not None:
+            self._train_loss.load(state["loss"], self.device)
+            self._epoch_loss.load(state["epoch_loss"], self.device)
+            self._train_correct.load(state["correct"], self.device)
+            self._restored = True
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         logits = self.model(x)
         loss = nn.functional.cross_entropy(logits, y)
         self._train_loss.add(loss.detach(), y.shape[0])
+        self._epoch_loss.add(loss.detach(), y.shape[0])
         self._train_correct.add(logits.detach(), y)
-        if self._logger_writes_this_step() or self._last_step_of_epoch():
+        last = self._last_step_of_epoch()
+        if self._logger_writes_this_step() or last:
             mean, count = self._train_loss.pop()
-            self.log("train_loss", mean, on_step=True, on_epoch=True, prog_bar=True, batch_size=count, sync_dist=True)
+            self.log("train_loss_step", mean, batch_size=count, sync_dist=True)
+            if last:  # the epoch's mean, handed over once (at epoch end Lightning's "mean" of one value is it)
+                mean, count = self._epoch_loss.pop()
+                self.log("train_loss_epoch", mean, on_step=False, on_epoch=True, batch_size=count, sync_dist=True)
+            self.log("train_loss", mean, prog_bar=True, logger=False, batch_size=count, sync_dist=True)
         return loss
 
     def _logger_writes_this_step(self) -> bool:
