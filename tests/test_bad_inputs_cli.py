@@ -102,6 +102,20 @@ CASES = {
     "unknown scope": Bad(("lottery.scope=everywhere",), r"lottery\.scope: got 'everywhere'; allowed: one of"),
     "amount outside (0, 1)": Bad(("lottery.amount=1.5",), r"lottery\.amount: `amount=1\.5` is outside \(0, 1\)"),
     "negative rounds": Bad(("lottery.rounds=-1",), r"lottery\.rounds: `rounds=-1` must be an int >= 0"),
+    "an old rewind word": Bad(("lottery.rewind=none",), r"lottery\.rewind: rewind='none' is now rewind='finetune'"),
+    "reinit as a rewind": Bad(("lottery.rewind=reinit",), r"lottery\.rewind: .*controls=\['reinit'\]"),
+    "unknown control": Bad(("lottery.controls=[shuffle]",), r"lottery\.controls: `controls` has unknown entries"),
+    "noise without a scale": Bad(("lottery.controls=[noise]",), r"lottery\.controls: .*set `rewind_noise` > 0"),
+    "NaN noise": Bad(("lottery.rewind_noise=nan",), r"lottery\.rewind_noise: `rewind_noise=nan` must be a finite"),
+    "amount as a string": Bad(("lottery.amount='0.2'",), r"lottery\.amount: got '0\.2'; allowed: a number or a list"),
+    "layer amounts as a name": Bad(("lottery.layer_amounts=fc1.weight",), r"lottery\.layer_amounts: got 'fc1\.weight'"),
+    "unknown pruning": Bad(("lottery.pruning=l1",), r"lottery\.pruning: `pruning='l1'` is not one of"),
+    "pruning at init with late rewinding": Bad(
+        ("lottery.pruning=snip", "lottery.rewind=1"), r"lottery\.pruning: `pruning='snip'` .* needs rewind='init'"
+    ),
+    "bad N:M structure": Bad(("lottery.structure='5:4'",), r"lottery\.structure: .*5:4"),
+    "early-bird without every": Bad(("lottery.early_bird={patience:5}",), r"lottery\.early_bird: .*'every'"),
+    "rewind beyond the budget": Bad(("lottery.rewind='epoch:50'",), r"lottery\.rewind: `rewind='epoch:50'` is not"),
     # transfer
     "unknown transfer variant": Bad(("transfer.variant=bogus",), r"transfer\.variant: got 'bogus'; allowed: one of"),
     "missing transfer source": Bad(("transfer.ticket=/no/such/run",), r"transfer\.ticket: got '/no/such/run', which"),
