@@ -11,37 +11,43 @@ Written by rank zero, each file atomically (a killed run never leaves half a fil
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-from lightning_lottery.io import atomic_write_csv, atomic_write_json
+from lightning_lottery import io
+from lightning_lottery.io import PathLike, atomic_write_csv, atomic_write_json
 from lightning_lottery.ticket import Ticket
 
 HISTORY = "history.json"
 
 
-def branch_folder(dirpath: Path, level: int, branch: str) -> Path:
-    return dirpath / f"round_{level:02d}" / branch
+def folder(dirpath: str | Any) -> PathLike:
+    """The artifact folder as given: a local ``Path``, or an fsspec URL kept as a string (``memory://...``)."""
+    return io.join(dirpath) if io.is_local(dirpath) else str(dirpath)
 
 
-def check_writable(dirpath: Path) -> None:
-    """Fail before training when the artifact folder cannot be written."""
+def branch_folder(dirpath: PathLike, level: int, branch: str) -> PathLike:
+    return io.join(dirpath, f"round_{level:02d}", branch)
+
+
+def check_writable(dirpath: PathLike, setting: str = "dirpath") -> None:
+    """Fail before training when a folder the search writes to cannot be written."""
+    probe = io.join(dirpath, ".write-check.tmp")
     try:
-        dirpath.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=dirpath, prefix=".write-check.", suffix=".tmp")
-        os.close(fd)
-        os.unlink(probe)
+        io.makedirs(dirpath)
+        io.atomic_write_text(probe, "")
+        fs, inner = io.filesystem(probe)
+        fs.rm(inner)
     except OSError as err:
         reason = err.strerror or err
-        raise ValueError(f"`dirpath={str(dirpath)!r}` cannot be written ({reason}); pass a writable folder") from err
+        raise ValueError(f"`{setting}={str(dirpath)!r}` cannot be written ({reason}); pass a writable folder") from err
 
 
-def check_unused(dirpath: Path) -> None:
+def check_unused(dirpath: PathLike) -> None:
     """Refuse to mix a new search into a folder that already holds another search's artifacts."""
-    if (dirpath / HISTORY).exists() or any(dirpath.glob("round_*")):
+    fs, inner = io.filesystem(dirpath)
+    used = fs.exists(f"{inner}/{HISTORY}") or bool(fs.glob(f"{inner}/round_*"))
+    if used:
         raise ValueError(
             f"`dirpath={str(dirpath)!r}` already holds the artifacts of a search ({HISTORY}, round_XX/). Pass "
             "another dirpath, remove that folder, or resume that search with trainer.fit(..., ckpt_path=...)."
@@ -49,20 +55,21 @@ def check_unused(dirpath: Path) -> None:
 
 
 def write_branch(
-    dirpath: Path,
+    dirpath: PathLike,
     ticket: Ticket,
     record: Mapping[str, Any],
     curve: Sequence[Mapping[str, Any]],
     settings: Mapping[str, Any],
-) -> Path:
-    folder = branch_folder(dirpath, record["round"], record["branch"])
-    ticket.save(folder / "ticket.safetensors")
-    atomic_write_json(folder / "summary.json", {"record": record, "settings": settings, "ticket": "ticket.safetensors"})
-    atomic_write_csv(folder / "curve.csv", curve)
-    return folder
+) -> PathLike:
+    where = branch_folder(dirpath, record["round"], record["branch"])
+    ticket.save(io.join(where, "ticket.safetensors"))
+    summary = {"record": record, "settings": settings, "ticket": "ticket.safetensors"}
+    atomic_write_json(io.join(where, "summary.json"), summary)
+    atomic_write_csv(io.join(where, "curve.csv"), curve)
+    return where
 
 
 def write_history(
-    dirpath: Path, settings: Mapping[str, Any], history: Sequence[Mapping[str, Any]], status: Mapping[str, Any]
+    dirpath: PathLike, settings: Mapping[str, Any], history: Sequence[Mapping[str, Any]], status: Mapping[str, Any]
 ) -> None:
-    atomic_write_json(dirpath / HISTORY, {"settings": settings, "history": list(history), **status})
+    atomic_write_json(io.join(dirpath, HISTORY), {"settings": settings, "history": list(history), **status})

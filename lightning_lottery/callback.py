@@ -12,12 +12,11 @@ import os
 import random
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
@@ -233,7 +232,7 @@ class LotteryTicketCallback(Callback):
         check_type(save_tickets, bool, "save_tickets", "True or False")
         check_type(verbose, bool, "verbose", "True or False")
         self.seed = seed
-        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.dirpath = _artifacts.folder(dirpath) if dirpath is not None else None
         self.save_tickets = save_tickets
         self.verbose = verbose
         self.tickets = tickets
@@ -417,7 +416,7 @@ class LotteryTicketCallback(Callback):
         self._budget = {"max_steps": trainer.max_steps, "max_epochs": trainer.max_epochs}
         log_dir = trainer.log_dir  # a collective call under DDP: every rank asks
         if self.dirpath is None:
-            self.dirpath = Path(log_dir or trainer.default_root_dir) / "lottery"
+            self.dirpath = _artifacts.folder(io.join(log_dir or trainer.default_root_dir, "lottery"))
         if self.save_tickets and trainer.is_global_zero:
             _artifacts.check_writable(self.dirpath)
             io.cleanup_stale_temp(self.dirpath)  # left by a killed run's interrupted writes
@@ -457,6 +456,9 @@ class LotteryTicketCallback(Callback):
         if self.save_tickets and trainer.is_global_zero and not self._resumed:
             assert self.dirpath is not None
             _artifacts.check_unused(self.dirpath)
+        for checkpoint in trainer.checkpoint_callbacks if trainer.is_global_zero else []:
+            if isinstance(checkpoint, ModelCheckpoint) and checkpoint.dirpath is not None:
+                _artifacts.check_writable(checkpoint.dirpath, "ModelCheckpoint(dirpath)")  # fail before level 0
         self._ran = True
         if self._rng_resume is not None:
             restore_rng_state(self._rng_resume)

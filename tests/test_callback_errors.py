@@ -112,6 +112,18 @@ def test_unwritable_artifact_folder_fails_before_training(tmp_path):
     _fit_must_fail(LotteryTicketCallback(dirpath=tmp_path / "a_file" / "lottery"), message="cannot be written")
 
 
+def test_an_unwritable_checkpoint_folder_fails_before_training(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    (tmp_path / "a_file").write_text("not a folder")
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "a_file" / "checkpoints")
+    model = TinyNet()
+    train, val = loaders()
+    with pytest.raises(ValueError, match=r"`ModelCheckpoint\(dirpath\)=.*a_file/checkpoints'` cannot be written"):
+        trainer(callbacks=[LotteryTicketCallback(), checkpoint], enable_checkpointing=True).fit(model, train, val)
+    assert model.training_steps == 0
+
+
 def test_a_folder_holding_another_search_is_refused(tmp_path):
     train, val = loaders()
     trainer(callbacks=[LotteryTicketCallback(rounds=1, dirpath=tmp_path)], max_epochs=1).fit(TinyNet(), train, val)

@@ -201,3 +201,24 @@ def test_round_curves_and_listeners(tmp_path: Path):
         rows = list(csv.DictReader(f))
     assert [int(r["round_step"]) for r in rows] == [4, 8, 12]
     assert {"val_loss", "val_acc", "epoch"} <= set(rows[0])
+
+
+def test_artifacts_go_to_an_fsspec_url():
+    import fsspec
+
+    url = "memory://lottery-artifacts/run"
+    lottery = LotteryTicketCallback(rounds=1, controls=["random"], monitor="val_loss", dirpath=url)
+    train, val = loaders()
+    trainer(max_epochs=1, callbacks=[lottery]).fit(TinyNet(), train, val)
+    fs = fsspec.filesystem("memory")
+    written = sorted(p.removeprefix("/lottery-artifacts/run/") for p in fs.find("/lottery-artifacts/run"))
+    assert written == [
+        "history.json",
+        *[
+            f"round_0{r}/{b}/{f}"
+            for r, b in [(0, "ticket"), (1, "random"), (1, "ticket")]
+            for f in ("curve.csv", "summary.json", "ticket.safetensors")
+        ],
+    ]
+    with fs.open("/lottery-artifacts/run/history.json") as f:
+        assert [r["branch"] for r in json.load(f)["history"]] == ["ticket", "ticket", "random"]
