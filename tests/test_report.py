@@ -505,3 +505,23 @@ def test_report_reads_a_real_tiny_search(tmp_path: Path):
     for png in path.parent.glob("*.png"):
         assert png.read_bytes()[:8] == PNG_SIGNATURE
     assert len(list(path.parent.glob("*.png"))) == 4
+
+
+def test_early_bird_runs_get_an_accuracy_vs_compute_figure(tmp_path: Path):
+    """Each ticket level at the optimizer steps of levels 0..r summed; early-bird runs beside full ones."""
+    for seed in (0, 1):
+        fake_run(tmp_path / "full" / str(seed), seed, run_info=info(seed))
+        fake_run(tmp_path / "early_bird" / str(seed), seed, run_info=info(seed), early_bird={"every": 100})
+    for path in (tmp_path / "early_bird").rglob("history.json"):  # early-bird levels stopped after 400 steps
+        data = json.loads(path.read_text())
+        for record in data["history"][:-1]:
+            record["steps"] = 400
+        path.write_text(json.dumps(data))
+    runs = collect_runs([tmp_path])
+    (experiment,) = build_experiments(runs)
+    compute = {s.group.runs[0].settings.get("early_bird") is not None: s.compute for s in experiment.series}
+    assert [compute[False][r].mean for r in range(4)] == [BUDGET, 2 * BUDGET, 3 * BUDGET, 4 * BUDGET]
+    assert [compute[True][r].mean for r in range(4)] == [400, 800, 1200, 1200 + BUDGET]
+    report = write_report([tmp_path], tmp_path / "report")
+    assert (report.parent / "lenet_mnist_vs_compute.png").is_file()
+    assert "vs. the compute of the search" in report.read_text()

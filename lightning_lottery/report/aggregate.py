@@ -94,6 +94,7 @@ class Series:
     train_acc: dict[int, Stat]
     gap: dict[int, Stat]  # train - test accuracy at the early stop (Frankle & Carbin's generalisation gap)
     budget: dict[int, float | None]  # optimizer steps each level's branch could train
+    compute: dict[int, Stat] = field(default_factory=dict)  # ticket line: optimizer steps of levels 0..r, summed
 
     @property
     def rounds(self) -> list[int]:
@@ -254,7 +255,20 @@ def build_series(label: str, branch: str, group: Group, metric: str) -> Series:
         train_acc={k: Stat.of(at_early_stop(r, TRAIN_ACC) for _, r in recs) for k, recs in by_round.items()},
         gap={k: Stat.of(generalisation_gap(r) for _, r in recs) for k, recs in by_round.items()},
         budget={k: max(values) if values else None for k, values in budgets.items()},
+        compute=_search_compute(members) if branch == TICKET else {},
     )
+
+
+def _search_compute(runs: Sequence[Run]) -> dict[int, Stat]:
+    """Per level, the optimizer steps the ticket line took to reach it (levels 0..r summed: what a search costs,
+    which early-bird levels cut), over seeds."""
+    totals: dict[int, list[float]] = {}
+    for run in runs:
+        spent = 0.0
+        for record in sorted(run.branch_records(TICKET), key=lambda r: r["round"]):
+            spent += float(record.get("steps") or 0)
+            totals.setdefault(record["round"], []).append(spent)
+    return {level: Stat.of(values) for level, values in totals.items()}
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:

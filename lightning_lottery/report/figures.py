@@ -142,6 +142,14 @@ def write_figures(experiment: Experiment, out: Path, formats: Sequence[str] = ("
         f"Lines: mean over seeds; shaded: {BAND}; dotted black: the budget a level could train."
     )
     files.append(_written(figure, out / f"{name}_early_stop_vs_weights", formats, title, caption))
+    if any(run.settings.get("early_bird") for run in experiment.runs):
+        title = f"{experiment.name}: {headline.metric} vs. the compute of the search"
+        caption = (
+            f"{headline.metric} at the early-stop iteration of each ticket level vs. the optimizer steps the ticket "
+            "line took to reach that level (levels 0..r summed), with and without early-bird levels (You et al. 2020); "
+            f"mean over seeds, shaded: {BAND}."
+        )
+        files.append(_written(draw_vs_compute(experiment), out / f"{name}_vs_compute", formats, title, caption))
     figure = draw_curves(experiment)
     if figure is not None:
         title = f"{experiment.name}: learning curves of every level"
@@ -262,6 +270,33 @@ def draw_vs_sparsity(experiment: Experiment, quantity: str) -> Figure:
     # Below the axes, outside them: the legend never covers data.
     longest = max((len(h.get_label()) for h in handles), default=0)
     fig.legend(handles=handles, loc="outside lower center", ncol=1 if longest > 48 else 2, frameon=False, fontsize=8)
+    return fig
+
+
+def draw_vs_compute(experiment: Experiment) -> Figure:
+    """The headline metric of each ticket level against the optimizer steps the search took to reach it."""
+    scale = experiment.headline.scale
+    fig = Figure(figsize=(7.5, 5.0), layout="constrained")
+    ax = fig.add_subplot()
+    for i, series in enumerate(s for s in experiment.series if s.compute):
+        rounds = [r for r in series.rounds if series.metric[r].n and series.compute.get(r) and series.compute[r].n]
+        if not rounds:
+            continue
+        x = np.array([series.compute[r].mean for r in rounds])
+        mean = np.array([series.metric[r].mean for r in rounds]) * scale
+        color = _COLORS[i % len(_COLORS)]
+        early_bird = bool(series.group.runs[0].settings.get("early_bird"))
+        label = f"{series.label}{' (early-bird)' if early_bird else ''} (n={len(series.runs)})"
+        ax.plot(x, mean, marker=_MARKERS[i % len(_MARKERS)], color=color, label=label, linewidth=1.8)
+        if any(series.metric[r].n > 1 for r in rounds):
+            lo = np.array([series.metric[r].ci[0] for r in rounds]) * scale
+            hi = np.array([series.metric[r].ci[1] for r in rounds]) * scale
+            ax.fill_between(x, lo, hi, color=color, alpha=0.15, linewidth=0)
+    ax.set_xlabel("optimizer steps of the search up to the level (ticket line)")
+    ax.set_ylabel(f"{experiment.headline.label} at early stop")
+    ax.set_title(f"{experiment.name}: {experiment.headline.metric} vs. compute", fontsize=11)
+    ax.grid(True, alpha=0.3)
+    fig.legend(loc="outside lower center", ncol=1, frameon=False, fontsize=8)
     return fig
 
 
