@@ -34,7 +34,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from lightning_lottery.callback import LotteryTicketCallback
-    from lightning_lottery.ticket import ExportSummary, Ticket, TicketError, export_pruned
+    from lightning_lottery.export import ExportSummary, export_pruned
+    from lightning_lottery.ticket import Ticket, TicketError
     from lightning_lottery.transfer import TicketSequence
 
 

@@ -19,12 +19,7 @@ from lightning_lottery.core.bits import pack_bits, unpack_bits
 from lightning_lottery.core.selection import check_patterns, matches, named_tensor_sites
 from lightning_lottery.core.snapshot import canonical_tensors
 from lightning_lottery.core.structure import NMStructure, random_nm_masks
-from lightning_lottery.export import ExportSummary as ExportSummary  # re-exported: the export used to live here
-from lightning_lottery.export import export_pruned as export_pruned
-from lightning_lottery.io import atomic_write as atomic_write
-from lightning_lottery.io import atomic_write_csv as atomic_write_csv
-from lightning_lottery.io import atomic_write_json as atomic_write_json
-from lightning_lottery.io import is_local
+from lightning_lottery.io import atomic_write, is_local
 
 FORMAT = "lightning_lottery.ticket"
 FORMAT_VERSION = "2"  # 2: masks may be bit-packed ("maskbits/<name>", shapes in the header's "mask_shapes")

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from lightning_lottery import io
-from lightning_lottery.ticket import Ticket, atomic_write_json
+from lightning_lottery.io import atomic_write_json
+from lightning_lottery.ticket import Ticket
 
 
 def _mode(path: Path) -> int:

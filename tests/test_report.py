@@ -14,6 +14,7 @@ import pytest
 from tiny import TinyNet, loaders, trainer
 
 from lightning_lottery import LotteryTicketCallback
+from lightning_lottery.io import atomic_write_csv
 from lightning_lottery.report import ReportError, collect_runs, write_report
 from lightning_lottery.report.aggregate import build_experiments
 from lightning_lottery.report.cli import main
@@ -28,7 +29,6 @@ from lightning_lottery.report.figures import (
 )
 from lightning_lottery.report.markdown import format_stat
 from lightning_lottery.report.stats import Stat, t_quantile_975
-from lightning_lottery.ticket import atomic_write_csv
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BUDGET = 1000
