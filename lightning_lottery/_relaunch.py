@@ -5,8 +5,17 @@ A branch of a search trains exactly as round 0 would from its rewind point: betw
 ``configure_optimizers``, EarlyStopping / ModelCheckpoint state, ``should_stop``) and put loop progress, schedule
 and data where round 0 had them (see ``_resume``). Lightning has no hooks at some of the points the search must
 observe (right before an epoch starts, right before a batch is fetched, when a data iterator is made), so the fit
-loop's methods are wrapped on the instance while the callback runs. The pinned behaviour of the installed Lightning
-is covered by ``tests/test_relaunch.py``.
+loop's methods are wrapped on the instance while the callback runs. The behaviour of the installed Lightning this
+relies on is pinned by ``tests/test_protocol.py`` (every step's LR, batch and RNG equal round 0's) and the resume
+tests.
+
+Lightning has no public API for these, so the project's uses of its internals are all here and in ``_resume``:
+the fit loop's ``run`` / ``setup_data`` / ``on_advance_start`` and the epoch loop's ``on_run_start`` / ``advance``
+(wrapped), the loops' progress ``state_dict`` / ``load_state_dict`` (Lightning's own mid-epoch restart),
+``fit_loop._data_fetcher`` / ``_combined_loader`` (the data iterator), ``strategy.setup_optimizers`` (a new
+``configure_optimizers``), ``ModelCheckpoint`` / ``EarlyStopping`` bookkeeping, the logger connector's metric
+reset and the epoch loop's logger step (``_batches_that_stepped``). Where a public API exists it is used:
+``ProgressBar.get_metrics``, ``Optimizer.register_step_post_hook``, the global RNG getters and setters.
 """
 
 from __future__ import annotations

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from typing import Any
 
 import numpy as np
 import torch
-from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 
 
 def derive_seed(seed: int, *keys: int) -> int:
@@ -18,20 +18,24 @@ def derive_seed(seed: int, *keys: int) -> int:
 
 def collect_rng_state() -> dict[str, Any]:
     """The global RNG states (torch, CUDA, numpy, Python) in a form ``torch.load(weights_only=True)`` accepts."""
-    state = _collect_rng_states(include_cuda=torch.cuda.is_available())
-    if "numpy" in state:
-        kind, keys, pos, has_gauss, cached = state["numpy"]
-        keys = torch.from_numpy(np.asarray(keys, dtype=np.int64))
-        state["numpy"] = (kind, keys, int(pos), int(has_gauss), float(cached))
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, python_state, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)),
+        "python": (version, list(python_state), gauss),
+    }
+    if torch.cuda.is_available():
+        state["torch.cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
     """Set the global RNGs to a state from :func:`collect_rng_state`."""
-    state = dict(state)
-    if "numpy" in state:
-        kind, keys, pos, has_gauss, cached = state["numpy"]
-        state["numpy"] = (kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
-    if not torch.cuda.is_available():
-        state.pop("torch.cuda", None)
-    _set_rng_states(state)
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state.get("torch.cuda"):
+        torch.cuda.set_rng_state_all(state["torch.cuda"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, python_state, gauss = state["python"]
+    random.setstate((version, tuple(python_state), gauss))
