@@ -48,6 +48,7 @@ from lightning_lottery.core import (
 )
 from lightning_lottery.core.early_bird import EarlyBirdTracker
 from lightning_lottery.core.levels import CONTROLS, Branch, Rewind, SearchPlan, branch_start, check_finite
+from lightning_lottery.core.progress import SearchProgress
 from lightning_lottery.core.reparam import lottery_hooks
 from lightning_lottery.core.rounds import next_masks, rewind
 from lightning_lottery.core.search import DEFINING, SearchSettings, check_type
@@ -56,29 +57,10 @@ from lightning_lottery.core.structure import check_structure
 from lightning_lottery.ticket import Ticket, ticket_metadata
 from lightning_lottery.transfer import TicketSequence
 
-_STATE_VERSION = 2
+_STATE_VERSION = 3
 _CALLBACK_METRICS = "lottery_callback_metrics"  # checkpoint key
 # What a checkpoint holds of the search besides its parts' own state (saved under the names without "_").
-_STATE = (
-    "position",
-    "finished",
-    "stopped",
-    "history",
-    "_start_counts",
-    "_masks",
-    "_level_masks",
-    "_next_masks",
-    "_theta0",
-    "_final_schedule",
-    "_level_start",
-    "_next_start",
-    "_branch_start",
-    "_epoch_rng",
-    "_iterator_epoch",
-    "_branch_start_step",
-    "_steps_before",
-    "_early_bird_step",
-)
+_STATE = ("_theta0", "_final_schedule", "_epoch_rng", "_iterator_epoch", "_early_bird_step")
 
 
 def _epochs_begun(trainer: pl.Trainer) -> int:
@@ -238,30 +220,18 @@ class LotteryTicketCallback(Callback):
         self.tickets = tickets
         self.plan: SearchPlan = self.search.plan
 
-        self.history: list[dict[str, Any]] = []
-        self.position = 0  # index of the current branch in ``plan``
-        self.finished = False
-        self.stopped: str | None = None
+        self.progress = SearchProgress(self.plan)
         self._metrics = BranchMetrics(self.search)
         self._recorder = RewindPointRecorder(self.search.rewind)
         settings = self.search.early_bird
         self._early_bird = EarlyBirdTracker(settings["patience"], settings["threshold"]) if settings else None
         self._early_bird_step: int | None = None
         self._tensors: dict[str, PrunableTensor] = {}
-        self._start_counts: dict[str, int] = {}
-        self._masks: dict[str, Tensor] | None = None  # installed now (the current branch's)
-        self._level_masks: dict[str, Tensor] | None = None  # the current level's ticket mask
-        self._next_masks: dict[str, Tensor] | None = None  # the next level's, pruned from this level's ticket
         self._theta0: State | None = None
         self._start_point: ResumePoint | None = None  # round 0 at step 0
         self._final_schedule: dict[str, Any] | None = None  # round 0's learning rates at its end (finetune)
-        self._level_start: State | None = None  # finetune / lr_rewind: the weights the level starts from
-        self._next_start: State | None = None
-        self._branch_start: State | None = None  # what the branch started from, when not θ₀ / θ_k
         self._epoch_rng: dict[str, Any] | None = None  # the RNG the current epoch's data iterator was made from
         self._iterator_epoch: int | None = None  # the epoch that iterator belongs to
-        self._branch_start_step = 0
-        self._steps_before = 0  # optimizer steps of all finished branches
         self._budget: dict[str, Any] = {}
         self._rng_resume: dict[str, Any] | None = None
         self._checkpoint_state: dict[str, Any] | None = None  # handed over by Lightning, applied when a fit starts
@@ -313,7 +283,26 @@ class LotteryTicketCallback(Callback):
 
     @property
     def current(self) -> Branch:
-        return self.plan[min(self.position, len(self.plan) - 1)]
+        return self.progress.current
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One record per finished (level, branch)."""
+        return self.progress.history
+
+    @property
+    def position(self) -> int:
+        """Index of the branch being trained in :attr:`plan`."""
+        return self.progress.position
+
+    @property
+    def finished(self) -> bool:
+        return self.progress.finished
+
+    @property
+    def stopped(self) -> str | None:
+        """Why the search ended before its last branch (``max_time``, SIGTERM), if it did."""
+        return self.progress.stopped
 
     @property
     def round(self) -> int:
@@ -338,18 +327,18 @@ class LotteryTicketCallback(Callback):
     @property
     def masks(self) -> dict[str, Tensor]:
         """The bool masks installed now (the current branch's; ``True`` keeps the weight); empty before ``fit``."""
-        return {name: mask.clone() for name, mask in (self._masks or {}).items()}
+        return {name: mask.clone() for name, mask in (self.progress.masks or {}).items()}
 
     @property
     def rewind_weights(self) -> State | None:
         """The weights the current branch started from (θ₀ in level 0)."""
-        if self._branch_start is not None:
-            return self._branch_start
+        if self.progress.branch_start is not None:
+            return self.progress.branch_start
         return self.theta_k if self.late_rewinding and self.round > 0 else self._theta0
 
     def ticket(self) -> Ticket:
         """The current branch's ticket: its masks and the weights its survivors started from."""
-        if self._masks is None or self.rewind_weights is None:
+        if self.progress.masks is None or self.rewind_weights is None:
             raise RuntimeError("No ticket yet: call trainer.fit with this callback first")
         sparsity, remaining, total, per_tensor = self.sparsity()
         branch = self.current
@@ -366,9 +355,9 @@ class LotteryTicketCallback(Callback):
             "tensor_sparsity": per_tensor,
             "record": record,
         }
-        metadata = ticket_metadata(self._model_class, self._masks, extra)
+        metadata = ticket_metadata(self._model_class, self.progress.masks, extra)
         weights = {n: w.clone() for n, w in self.rewind_weights.items()}
-        return Ticket({n: m.clone() for n, m in self._masks.items()}, weights, self.round, metadata)
+        return Ticket({n: m.clone() for n, m in self.progress.masks.items()}, weights, self.round, metadata)
 
     def settings(self) -> dict[str, Any]:
         """The search's settings as plain values (stored with checkpoints, tickets and ``history.json``)."""
@@ -381,7 +370,7 @@ class LotteryTicketCallback(Callback):
 
     def sparsity(self) -> tuple[float, int, int, dict[str, float]]:
         """(overall sparsity, remaining, total, per-tensor sparsity) of the installed masks."""
-        masks = self._masks or {}
+        masks = self.progress.masks or {}
         if self._sparsity_cache is None or self._sparsity_cache[0] is not masks:
             total = sum(m.numel() for m in masks.values())
             remaining = sum(counts(masks).values())
@@ -466,18 +455,18 @@ class LotteryTicketCallback(Callback):
             self.seed = random.SystemRandom().randrange(2**31)
         if self._theta0 is None:
             self._theta0 = dense_state(pl_module)
-        if self._masks is None:
+        if self.progress.masks is None:
             if self.tickets is not None:
                 masks = self.tickets.masks(0, pl_module)
                 state = self.tickets.weights(0, pl_module, self._theta0)
                 rewind(pl_module, self._tensors, masks, state, replace=True)
-                self._branch_start = state
+                self.progress.branch_start = state
             # A model that arrives pruned keeps its masks: the search prunes what is still unpruned.
-            self._masks = {n: m.cpu() for n, m in current_masks(self._tensors).items()}
-            self._level_masks = self._masks
-            self._start_counts = counts(self._masks)
-        if not all(bool(m.all()) for m in self._masks.values()):
-            install_masks(self._tensors, self._masks, replace=True)
+            self.progress.masks = {n: m.cpu() for n, m in current_masks(self._tensors).items()}
+            self.progress.level_masks = self.progress.masks
+            self.progress.start_counts = counts(self.progress.masks)
+        if not all(bool(m.all()) for m in self.progress.masks.values()):
+            install_masks(self._tensors, self.progress.masks, replace=True)
         self._activate_masks(trainer)
         _relaunch.wrap_fit_loop(
             trainer,
@@ -528,7 +517,7 @@ class LotteryTicketCallback(Callback):
     # ------------------------------------------------------------------ round 0: the rewind point θ_k
 
     def _recording(self) -> bool:
-        return self.late_rewinding and self.position == 0
+        return self.late_rewinding and self.progress.position == 0
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         self._watch_early_bird(trainer)
@@ -552,7 +541,7 @@ class LotteryTicketCallback(Callback):
         tracker = self._early_bird
         if tracker is None or not self.current.is_ticket or self.round >= self.rounds or self.tickets is not None:
             return
-        steps = trainer.global_step - self._branch_start_step
+        steps = trainer.global_step - self.progress.branch_start_step
         if self._early_bird_step is not None or steps == 0 or steps % self.search.early_bird["every"]:
             return
         tracker.update(self._prospective_masks(self.round + 1))
@@ -577,7 +566,7 @@ class LotteryTicketCallback(Callback):
 
     def _observe(self, trainer: pl.Trainer) -> None:
         """Track the branch's best ``monitor`` value (its early-stop iteration) and log its curves."""
-        step, start = trainer.global_step, self._branch_start_step
+        step, start = trainer.global_step, self.progress.branch_start_step
         metrics = self._metrics.observe(trainer.callback_metrics, step, trainer.current_epoch, start)
         prefix = _display.curve_prefix(self.round, self.branch)
         _display.log_metrics(
@@ -590,18 +579,18 @@ class LotteryTicketCallback(Callback):
         """Close the branch that just ended; start the next one if any. Called between fit-loop runs."""
         if self._recording():  # round 0 may have ended right at the rewind point
             self._recorder.finish(trainer, epoch=trainer.fit_loop.epoch_progress.current.processed, batch=0)
-        if self.position == 0 and self._final_schedule is None:
+        if self.progress.position == 0 and self._final_schedule is None:
             self._final_schedule = _relaunch.capture_schedule(trainer)
         self._finish_branch(trainer)
         if self.current.is_ticket and self.round < self.rounds:
             self._prepare_next_level(trainer, pl_module)
         if reason := _relaunch.search_interrupted(trainer):
-            self.stopped = f"{reason} after {self.current}"
+            self.progress.stopped = f"{reason} after {self.current}"
             rank_zero_warn(f"The lottery search stopped at {reason} after {self.current}; the history records it.")
             self._write_history(trainer)
             return False
-        if self.position + 1 >= len(self.plan):
-            self.finished = True
+        if self.progress.last:
+            self.progress.finished = True
             self._write_history(trainer)
             return False
         if self.late_rewinding and self._recorder.point is None:
@@ -610,19 +599,19 @@ class LotteryTicketCallback(Callback):
                 f"optimizer steps ({self.history[0]['epochs']} epochs), before reaching that point "
                 "(EarlyStopping?). Rewind to an earlier point."
             )
-        self.position += 1
+        self.progress.advance()
         self._start_branch(trainer, pl_module)
         return True
 
     def _prepare_next_level(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """The next level's ticket mask, pruned from this ticket's trained weights (controls never change it)."""
         level = self.round + 1
-        self._next_start = dense_state(pl_module) if self.rewind.keeps_trained_weights else None
+        self.progress.next_start = dense_state(pl_module) if self.rewind.keeps_trained_weights else None
         if self.tickets is not None:
             masks = self.tickets.masks(level, pl_module)
         elif self.search.at_init:
             assert self._theta0 is not None
-            groups = self.schedule.groups(self._start_counts, level)
+            groups = self.schedule.groups(self.progress.start_counts, level)
             masks = masks_at_init(
                 trainer,
                 pl_module,
@@ -635,47 +624,43 @@ class LotteryTicketCallback(Callback):
             )
         else:
             masks = self._prospective_masks(level)
-        self._next_masks = trainer.strategy.broadcast(masks, src=0)
+        self.progress.next_masks = trainer.strategy.broadcast(masks, src=0)
 
     def _prospective_masks(self, level: int) -> dict[str, Tensor]:
         """Level ``level``'s ticket mask, from the weights the model holds now."""
-        assert self._masks is not None
+        assert self.progress.masks is not None
         generator = torch.Generator().manual_seed(derive_seed(self.seed or 0, level, 1))
         return next_masks(
             self._tensors,
-            self._masks,
+            self.progress.masks,
             self.schedule,
             level,
             self.pruning,
             generator,
-            self._start_counts,
+            self.progress.start_counts,
             self.search.structure,
         )
 
     def _level_state(self) -> State:
         if self.rewind.keeps_trained_weights:
-            assert self._level_start is not None
-            return self._level_start
+            assert self.progress.level_start is not None
+            return self.progress.level_start
         state = self.theta_k if self.late_rewinding else self._theta0
         assert state is not None
         return state
 
     def _start_branch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         branch = self.current
-        if branch.is_ticket:
-            assert self._next_masks is not None
-            self._level_masks, self._next_masks = self._next_masks, None
-            self._level_start, self._next_start = self._next_start, None
-        assert self._level_masks is not None
+        assert self.progress.level_masks is not None
         if self.tickets is not None:
             assert self._theta0 is not None
-            masks, state = self._level_masks, self.tickets.weights(branch.round, pl_module, self._theta0)
+            masks, state = self.progress.level_masks, self.tickets.weights(branch.round, pl_module, self._theta0)
         else:
             purpose = 10 + CONTROLS.index(branch.name) if not branch.is_ticket else 3
             generator = torch.Generator().manual_seed(derive_seed(self.seed or 0, branch.round, purpose))
             masks, state = branch_start(
                 branch.name,
-                self._level_masks,
+                self.progress.level_masks,
                 self._level_state(),
                 generator,
                 fresh_state=lambda: trainer.strategy.broadcast(self._fresh_state(pl_module, branch.round), src=0),
@@ -685,9 +670,9 @@ class LotteryTicketCallback(Callback):
             masks = trainer.strategy.broadcast(masks, src=0)
         check_finite(state, f"The start of {branch}")
         rewind(pl_module, self._tensors, masks, state, replace=True)
-        self._masks = masks
+        self.progress.masks = masks
         derived = branch.is_ticket and not self.rewind.keeps_trained_weights and self.tickets is None
-        self._branch_start = None if derived else state
+        self.progress.branch_start = None if derived else state
         self._relaunch(trainer)
         self._metrics.reset()
         self._resumed = False  # from here on, the search runs as if never interrupted
@@ -705,7 +690,7 @@ class LotteryTicketCallback(Callback):
         point = self._recorder.point if self.late_rewinding else self._start_point
         assert point is not None
         finetune = self.rewind.kind == "finetune" and self.tickets is None
-        resume_at(trainer, point, logger_step=self._steps_before, schedule=not finetune)
+        resume_at(trainer, point, logger_step=self.progress.steps_before, schedule=not finetune)
         if finetune:
             assert self._final_schedule is not None
             _relaunch.hold_learning_rates(trainer, self._final_schedule)
@@ -714,11 +699,11 @@ class LotteryTicketCallback(Callback):
             self._set_epoch_rng(point.epoch_rng, point.epoch)
         elif point.epoch == 0:
             self._set_epoch_rng(point.rng, 0)
-        self._branch_start_step = point.step
+        self.progress.branch_start_step = point.step
 
     def _finish_branch(self, trainer: pl.Trainer) -> None:
         sparsity, remaining, total, per_tensor = self.sparsity()
-        steps = trainer.global_step - self._branch_start_step
+        steps = trainer.global_step - self.progress.branch_start_step
         record = {
             "round": self.round,
             "branch": self.branch,
@@ -727,21 +712,19 @@ class LotteryTicketCallback(Callback):
             "total": total,
             "remaining_pct": 100.0 * remaining / total if total else 100.0,
             "tensor_sparsity": per_tensor,
-            **self._metrics.record(self._branch_start_step),
-            "start_step": self._branch_start_step,
+            **self._metrics.record(self.progress.branch_start_step),
+            "start_step": self.progress.branch_start_step,
             "end_step": trainer.global_step,
             "steps": steps,
             "epochs": _epochs_begun(trainer),
-            "cumulative_steps": self._steps_before + steps,
+            "cumulative_steps": self.progress.steps_before + steps,
             "early_bird_step": self._early_bird_step,
             "steps_saved": self._planned_steps(trainer) - steps if self._early_bird_step is not None else 0,
             "seconds": time.monotonic() - self._clock,  # wall time of the branch (since resume, if resumed)
         }
-        self._steps_before += steps
         # Validation metrics are rank-local unless logged with sync_dist=True: every rank keeps rank 0's record.
         record = trainer.strategy.broadcast(record, src=0)
-        key = (record["round"], record["branch"])
-        self.history = [r for r in self.history if (r["round"], r["branch"]) != key] + [record]
+        self.progress.record(record)
         folder = None
         if self.save_tickets and trainer.is_global_zero:
             assert self.dirpath is not None
@@ -752,18 +735,18 @@ class LotteryTicketCallback(Callback):
             if callable(listener):
                 listener(trainer, trainer.lightning_module, record, folder)
         summary = {f"round_summary/{k}": v for k, v in record.items() if isinstance(v, (int, float))}
-        _display.log_metrics(trainer, summary, step=self._steps_before)  # the search's steps so far
+        _display.log_metrics(trainer, summary, step=self.progress.steps_before)  # the search's steps so far
 
     def _planned_steps(self, trainer: pl.Trainer) -> int:
         """The steps the branch would have trained without early-bird (its budget from its start)."""
         total = trainer.estimated_stepping_batches
-        return int(total) - self._branch_start_step if math.isfinite(total) else 0
+        return int(total) - self.progress.branch_start_step if math.isfinite(total) else 0
 
     def _write_history(self, trainer: pl.Trainer) -> None:
         if self.save_tickets and trainer.is_global_zero:
             assert self.dirpath is not None
-            status = {"finished": self.finished, "stopped": self.stopped, "branches": len(self.plan)}
-            _artifacts.write_history(self.dirpath, self.settings(), self.history, status)
+            status = {"finished": self.progress.finished, "stopped": self.progress.stopped, "branches": len(self.plan)}
+            _artifacts.write_history(self.dirpath, self.settings(), self.progress.history, status)
 
     # ------------------------------------------------------------------ helpers
 
@@ -837,6 +820,7 @@ class LotteryTicketCallback(Callback):
         return {
             "version": _STATE_VERSION,
             "settings": self.settings(),
+            "progress": self.progress.state_dict(),
             **{name.lstrip("_"): getattr(self, name) for name in _STATE},
             "start_point": start,
             "rewind_point": self._recorder.state_dict(),
@@ -866,6 +850,7 @@ class LotteryTicketCallback(Callback):
                 f"({'; '.join(different)})"
             )
         self.seed = saved["seed"]
+        self.progress.load_state_dict(state_dict["progress"])
         for name in _STATE:
             setattr(self, name, state_dict[name.lstrip("_")])
         start = state_dict["start_point"]

@@ -174,7 +174,7 @@ def test_pruned_checkpoint_loads_into_a_fresh_model(tmp_path: Path):
     assert torch.equal(loaded.fc1.weight, model.fc1.weight_orig * model.fc1.weight_mask)
     assert bool((loaded.fc1.weight[~mask] == 0).all())
     state = torch.load(tmp_path / "last.ckpt", weights_only=True)
-    assert "masks" in state["callbacks"][lottery.state_key]
+    assert "masks" in state["callbacks"][lottery.state_key]["progress"]
 
 
 def test_round_curves_and_listeners(tmp_path: Path):
