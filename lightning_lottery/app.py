@@ -109,6 +109,10 @@ def _write_run_info(cfg: DictConfig, out: Path) -> None:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the search described by ``cfg``; returns the lottery history and where the run wrote."""
+    if cfg.get("analysis"):  # analysis=instability: an analysis of the recipe's network instead of a search
+        from lightning_lottery.analysis.app import run_analysis
+
+        return run_analysis(cfg, _build, _fill_from_data)
     out = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = _build(cfg, "data")

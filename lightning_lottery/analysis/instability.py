@@ -237,9 +237,9 @@ def _fit(
         warnings.filterwarnings("ignore", message=_NO_VALIDATION_WARNING)
         pl.seed_everything(seed, workers=True, verbose=False)
         if datamodule is not None:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         else:
-            trainer.fit(module, train_dataloaders=data, ckpt_path=ckpt_path)
+            trainer.fit(module, train_dataloaders=data, ckpt_path=ckpt_path, weights_only=True)
     if trainer.global_step < max_steps:
         raise RuntimeError(
             f"training stopped at step {trainer.global_step} before its budget ({max_steps}): an early-stopping "
@@ -435,7 +435,7 @@ class StepCheckpoints(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         step = trainer.global_step
         if step in self.steps and step not in self.saved:
-            trainer.save_checkpoint(self.path(step))
+            trainer.save_checkpoint(self.path(step), weights_only=False)  # optimizer and schedule too
             self.saved[step] = self.path(step)
 
 
