@@ -200,13 +200,14 @@ def plot_barrier_vs_sparsity(payloads: Sequence[Mapping[str, Any]], path: Path) 
     return _save(fig, path)
 
 
-def write_figures(payloads: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
-    """Every figure the payloads have data for, into ``out``."""
+def write_figures(payloads: Sequence[Mapping[str, Any]], out: Path, prefix: str = "instability") -> list[Path]:
+    """Every figure the payloads have data for, into ``out``: ``<prefix>_path.png``, ``<prefix>_vs_step.png``,
+    ``<prefix>_ticket_path.png``, ``<prefix>_vs_sparsity.png``."""
     made = [
-        plot_paths(payloads, out / "instability_path.png"),
-        plot_barrier_vs_step(payloads, out / "instability_vs_step.png"),
-        plot_paths(payloads, out / "instability_ticket_path.png", kind="tickets"),
-        plot_barrier_vs_sparsity(payloads, out / "instability_vs_sparsity.png"),
+        plot_paths(payloads, out / f"{prefix}_path.png"),
+        plot_barrier_vs_step(payloads, out / f"{prefix}_vs_step.png"),
+        plot_paths(payloads, out / f"{prefix}_ticket_path.png", kind="tickets"),
+        plot_barrier_vs_sparsity(payloads, out / f"{prefix}_vs_sparsity.png"),
     ]
     return [p for p in made if p is not None]
 
@@ -218,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("runs", nargs="+", help="instability.json files or the run folders holding them")
     parser.add_argument("--out", type=Path, default=None, help="folder for the figures (default: none)")
+    parser.add_argument("--prefix", default="instability", help="figure file names start with this")
     parser.add_argument("--threshold", type=float, default=None, help="stable below this barrier (default: runs')")
     args = parser.parse_args(argv)
     try:
@@ -231,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     print(markdown_table(summary_rows(payloads, threshold), threshold))
     if args.out is not None:
-        for path in write_figures(payloads, args.out):
+        for path in write_figures(payloads, args.out, args.prefix):
             print(f"figure: {path}")
 
 
