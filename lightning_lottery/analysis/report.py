@@ -164,6 +164,7 @@ def _errorbar(ax: Any, xs: Sequence[float], rows: Sequence[Mapping[str, Any]]) -
     hi = np.array([100 * r["error_barrier_hi"] for r in rows]) - means
     label = "mean, 95% CI over seeds" if any(r["n"] > 1 for r in rows) else "one seed"
     ax.errorbar(xs, means, yerr=[lo, hi], marker="o", capsize=3, color="tab:blue", label=label)
+    ax.set_ylim(bottom=0)  # after plotting: the top still fits the data and the threshold line
 
 
 def plot_barrier_vs_step(payloads: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
@@ -177,6 +178,7 @@ def plot_barrier_vs_step(payloads: Sequence[Mapping[str, Any]], path: Path) -> P
     positive = [s for s in steps if s > 0]
     if positive:
         ax.set_xscale("symlog", linthresh=min(positive))
+        ax.set_xlim(-0.3 * min(positive), 1.5 * max(positive))
     ax.set_xticks(steps, [str(s) for s in steps])
     ax.legend(fontsize=8)
     fig.tight_layout()
