@@ -17,6 +17,7 @@ from lightning_lottery.core.connectivity import (
     confidence_interval,
     earliest_stable,
     evenly_spaced,
+    grid_steps,
     installed_masks,
     interpolate,
     linear_path,
@@ -266,6 +267,15 @@ def test_earliest_stable_over_seeds_uses_the_confidence_bound():
     barriers = [[0.3, 0.28, 0.33], [0.0, 0.0, 0.03], [0.004, 0.006, 0.005], [0.0, 0.001, 0.0]]
     assert earliest_stable([0, 100, 500, 2000], barriers) == 500
     assert stability_bound([0.0, 0.0, 0.03]) > 0.02 > stability_bound(0.01)
+
+
+def test_grid_steps_are_fractions_of_the_budget():
+    assert grid_steps(30000) == [0, 30, 150, 300, 600, 1500, 3000]
+    assert grid_steps(100, [0.0, 0.001, 0.004, 0.5]) == [0, 50]  # rounded, duplicates merged
+    with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+        grid_steps(100, [0.0, 1.0])
+    with pytest.raises(ValueError, match="total_steps"):
+        grid_steps(0)
 
 
 def test_earliest_stable_refuses_bad_grids():

@@ -44,6 +44,7 @@ from lightning_lottery.core.selection import pruning_hook
 from lightning_lottery.core.snapshot import State, dense_state, load_dense_state
 
 __all__ = [
+    "DEFAULT_GRID",
     "DEFAULT_THRESHOLD",
     "Evaluator",
     "Forward",
@@ -57,6 +58,7 @@ __all__ = [
     "default_forward",
     "earliest_stable",
     "evenly_spaced",
+    "grid_steps",
     "installed_masks",
     "interpolate",
     "linear_path",
@@ -415,6 +417,24 @@ def stability_bound(barriers: float | Sequence[float]) -> float:
     if isinstance(barriers, (int, float)):
         return float(barriers)
     return confidence_interval(barriers).hi
+
+
+DEFAULT_GRID = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1)  # fractions of the training budget
+
+
+def grid_steps(total_steps: int, fractions: Sequence[float] = DEFAULT_GRID) -> list[int]:
+    """Candidate rewind steps: ``round(f * total_steps)`` for each fraction, deduplicated and sorted.
+
+    Example: ``grid_steps(30000)`` is ``[0, 30, 150, 300, 600, 1500, 3000]``.
+
+    Raises:
+        ValueError: ``total_steps < 1`` or a fraction outside [0, 1).
+    """
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps must be an int >= 1, got {total_steps!r}")
+    if bad := [f for f in fractions if not 0.0 <= f < 1.0]:
+        raise ValueError(f"grid fractions must be in [0, 1), got {bad}")
+    return sorted({round(f * total_steps) for f in fractions})
 
 
 def earliest_stable(
