@@ -73,6 +73,15 @@ def test_endpoints_are_the_trained_children():
     assert result.endpoint_errors == (evaluate(children.first).error, evaluate(children.second).error)
 
 
+def test_identical_children_are_flagged():
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="identical weights"):
+        result = instability(
+            TinyNet(lr=0.05), _train_loader(shuffle=False), budget=4, eval_data=_eval_batches(), trainer_kwargs=CPU
+        )
+    assert result.error_barrier == 0.0
+
+
 def test_children_from_a_ticket_keep_masked_weights_at_zero():
     torch.manual_seed(0)
     source = TinyNet(lr=0.05)

@@ -386,10 +386,17 @@ def instability(
     bn = None
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in probe.modules()):
         bn = _training_batches(bn_data if bn_data is not None else data, bn_batches, seeds[0])
+    first, second = dense_state(children.first), dense_state(children.second)
+    if all(torch.equal(first[name], second[name]) for name in first):
+        warnings.warn(
+            "the two children ended with identical weights: their data order did not differ. Does the training "
+            "dataloader shuffle, and with the global RNG (not a sampler with its own fixed generator)?",
+            stacklevel=2,
+        )
     path = linear_path(
         probe,
-        dense_state(children.first),
-        dense_state(children.second),
+        first,
+        second,
         evaluate,
         points,
         bn_batches=bn,
