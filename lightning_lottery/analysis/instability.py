@@ -77,7 +77,7 @@ def child_seeds(seed: int, key: int = 0) -> tuple[int, int]:
     """Two different data-order seeds for the children of one starting point (``key``: e.g. its step)."""
     first = derive_seed(seed, 17, key, 0) % 2**32
     second = derive_seed(seed, 17, key, 1) % 2**32
-    return first, second if second != first else (first + 1) % 2**32
+    return first, (second if second != first else (first + 1) % 2**32)
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ class InstabilityResult:
         budget: optimizer steps each child trained after the start.
         start_step: the global step the children started at (0 unless resumed from a checkpoint).
         sparsity: fraction of the masked tensors' weights that are pruned (0.0 for a dense network).
+        extra: other entries of a stored result (e.g. the app's ``step``), kept through a dict round trip.
     """
 
     start: str

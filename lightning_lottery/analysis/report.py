@@ -83,21 +83,29 @@ def _threshold(payloads: Sequence[Mapping[str, Any]]) -> float:
 
 
 def _pct_ci(row: Mapping[str, Any], key: str) -> str:
+    if row["n"] == 1:
+        return f"{100 * row[key]:.2f} (one seed: no interval)"
     return f"{100 * row[key]:.2f} [{100 * row[key + '_lo']:.2f}, {100 * row[key + '_hi']:.2f}]"
+
+
+def _verdict(row: Mapping[str, Any]) -> str:
+    if row["n"] == 1:
+        return "yes (one seed)" if row["stable"] else "no (one seed)"
+    return "yes" if row["stable"] else "no"
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], threshold: float = DEFAULT_THRESHOLD) -> str:
     """The summary as a markdown table (percentage points)."""
     lines = [
         f"| start | n | error barrier (pp), mean [95% CI] | endpoint error (%), mean [95% CI] | loss barrier | "
-        f"stable (CI upper bound < {100 * threshold:g} pp) |",
+        f"stable (CI upper bound < {100 * threshold:g} pp; one seed: the value) |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
         label = r["start"] + (f" ({100 * r['sparsity']:.1f}% pruned)" if r.get("sparsity") else "")
         lines.append(
             f"| {label} | {r['n']} | {_pct_ci(r, 'error_barrier')} | {_pct_ci(r, 'endpoint_error')} | "
-            f"{r['loss_barrier']:.4f} | {'yes' if r['stable'] else 'no'} |"
+            f"{r['loss_barrier']:.4f} | {_verdict(r)} |"
         )
     return "\n".join(lines)
 
