@@ -126,7 +126,7 @@ def interpolate(
         else:
             value = start.detach().cpu().clone()
         if name in masks:
-            value = value * masks[name].to(value.dtype)
+            value = value.masked_fill(~masks[name].to(torch.bool), 0)  # exact zeros, even from inf or nan
         out[name] = value
     return out
 
