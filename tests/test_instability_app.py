@@ -149,6 +149,7 @@ def test_report_aggregates_seeds_with_student_t_intervals(tmp_path: Path, capsys
     assert rows[0]["error_barrier"] == pytest.approx(0.25)
     assert rows[0]["error_barrier_hi"] - 0.25 == pytest.approx(4.303 * 0.05 / 3**0.5, rel=1e-3)
     assert [r["stable"] for r in rows] == [False, True]
+    assert rows[0]["peak_above_worse_end"] == pytest.approx(0.25)  # the toy paths' ends agree: all bump
     assert "| k=100 | 3 | 0.20 [" in markdown_table(rows)
     for i, payload in enumerate(payloads):
         (tmp_path / f"{i}.json").write_text(json.dumps(payload))

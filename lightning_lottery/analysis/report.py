@@ -58,6 +58,8 @@ def summary_rows(payloads: Sequence[Mapping[str, Any]], threshold: float | None 
             barriers = confidence_interval([e["error_barrier"] for e in entries])
             losses = confidence_interval([e["loss_barrier"] for e in entries])
             endpoint = confidence_interval([sum(e["endpoint_errors"]) / 2 for e in entries])
+            # barrier = (peak − worse endpoint) + |E_a − E_b| / 2: how much is a bump, how much the ends' gap
+            bump = float(np.mean([max(e["errors"]) - max(e["endpoint_errors"]) for e in entries]))
             rows.append(
                 {
                     "start": f"k={value}" if kind == "points" else f"ticket round {value}",
@@ -68,6 +70,7 @@ def summary_rows(payloads: Sequence[Mapping[str, Any]], threshold: float | None 
                     "error_barrier_lo": barriers.lo,
                     "error_barrier_hi": barriers.hi,
                     "loss_barrier": losses.mean,
+                    "peak_above_worse_end": bump,
                     "endpoint_error": endpoint.mean,
                     "endpoint_error_lo": endpoint.lo,
                     "endpoint_error_hi": endpoint.hi,
@@ -97,15 +100,15 @@ def _verdict(row: Mapping[str, Any]) -> str:
 def markdown_table(rows: Sequence[Mapping[str, Any]], threshold: float = DEFAULT_THRESHOLD) -> str:
     """The summary as a markdown table (percentage points)."""
     lines = [
-        f"| start | n | error barrier (pp), mean [95% CI] | endpoint error (%), mean [95% CI] | loss barrier | "
-        f"stable (CI upper bound < {100 * threshold:g} pp; one seed: the value) |",
-        "|---|---|---|---|---|---|",
+        f"| start | n | error barrier (pp), mean [95% CI] | endpoint error (%), mean [95% CI] | peak above the worse "
+        f"end (pp) | loss barrier | stable (CI upper bound < {100 * threshold:g} pp; one seed: the value) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         label = r["start"] + (f" ({100 * r['sparsity']:.1f}% pruned)" if r.get("sparsity") else "")
         lines.append(
             f"| {label} | {r['n']} | {_pct_ci(r, 'error_barrier')} | {_pct_ci(r, 'endpoint_error')} | "
-            f"{r['loss_barrier']:.4f} | {_verdict(r)} |"
+            f"{100 * r['peak_above_worse_end']:.2f} | {r['loss_barrier']:.4f} | {_verdict(r)} |"
         )
     return "\n".join(lines)
 
