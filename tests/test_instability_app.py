@@ -149,8 +149,10 @@ def test_report_aggregates_seeds_with_student_t_intervals(tmp_path: Path, capsys
     assert rows[0]["error_barrier"] == pytest.approx(0.25)
     assert rows[0]["error_barrier_hi"] - 0.25 == pytest.approx(4.303 * 0.05 / 3**0.5, rel=1e-3)
     assert [r["stable"] for r in rows] == [False, True]
+    assert [r["unstable"] for r in rows] == [True, False]  # 0.25 [0.13, 0.37] lies above 2 pp
     assert rows[0]["peak_above_worse_end"] == pytest.approx(0.25)  # the toy paths' ends agree: all bump
-    assert "| k=100 | 3 | 0.20 [" in markdown_table(rows)
+    table = markdown_table(rows)
+    assert "| k=100 | 3 | 0.20 [" in table and table.count("| unstable |") == 1 and table.count("| stable |") == 1
     for i, payload in enumerate(payloads):
         (tmp_path / f"{i}.json").write_text(json.dumps(payload))
     report_main([str(tmp_path / f"{i}.json") for i in range(3)] + ["--out", str(tmp_path / "figs")])

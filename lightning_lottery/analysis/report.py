@@ -48,8 +48,9 @@ def _group(payloads: Sequence[Mapping[str, Any]], kind: str, key: str) -> dict[A
 
 
 def summary_rows(payloads: Sequence[Mapping[str, Any]], threshold: float | None = None) -> list[dict[str, Any]]:
-    """One row per starting step (and per ticket round): n seeds, barrier mean and 95% CI, endpoint error, and
-    ``stable`` = the upper end of the barrier's interval is below ``threshold`` (the runs' own by default)."""
+    """One row per starting step (and per ticket round): n seeds, barrier mean and 95% CI, endpoint error;
+    ``stable``: the upper end of the barrier's interval is below ``threshold`` (the runs' own by default);
+    ``unstable``: its lower end is at or above it (neither: undecided). One seed: the value itself."""
     if threshold is None:
         threshold = _threshold(payloads)
     rows = []
@@ -75,6 +76,7 @@ def summary_rows(payloads: Sequence[Mapping[str, Any]], threshold: float | None 
                     "endpoint_error_lo": endpoint.lo,
                     "endpoint_error_hi": endpoint.hi,
                     "stable": barriers.hi < threshold,
+                    "unstable": barriers.lo >= threshold,
                 }
             )
     return rows
@@ -92,16 +94,15 @@ def _pct_ci(row: Mapping[str, Any], key: str) -> str:
 
 
 def _verdict(row: Mapping[str, Any]) -> str:
-    if row["n"] == 1:
-        return "yes (one seed)" if row["stable"] else "no (one seed)"
-    return "yes" if row["stable"] else "no"
+    word = "stable" if row["stable"] else "unstable" if row["unstable"] else "undecided"
+    return f"{word} (one seed)" if row["n"] == 1 else word
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], threshold: float = DEFAULT_THRESHOLD) -> str:
     """The summary as a markdown table (percentage points)."""
     lines = [
         f"| start | n | error barrier (pp), mean [95% CI] | endpoint error (%), mean [95% CI] | peak above the worse "
-        f"end (pp) | loss barrier | stable (CI upper bound < {100 * threshold:g} pp; one seed: the value) |",
+        f"end (pp) | loss barrier | verdict (95% CI below {100 * threshold:g} pp: stable; at or above: unstable) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
