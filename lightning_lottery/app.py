@@ -249,6 +249,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     before the first training step, raises :class:`ConfigError` and leaves the folder as the command found it.
     A finished search is left alone (``finished: True`` in the result).
     """
+    if cfg.get("analysis"):  # analysis=instability: an analysis of the recipe's network instead of a search
+        from lightning_lottery.analysis.app import run_analysis
+
+        return run_analysis(cfg, _build, _fill_from_data)
     from lightning_lottery.cli.checks import check_config, check_model
     from lightning_lottery.cli.run_folder import RunFolder
 
