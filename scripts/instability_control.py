@@ -17,8 +17,8 @@ import torch
 from lightning_lottery.analysis import train_parent
 from lightning_lottery.core.connectivity import classification_evaluator, confidence_interval, linear_path
 from lightning_lottery.data.vision import MNISTDataModule
+from lightning_lottery.io import atomic_write_json
 from lightning_lottery.modules.classifier import ImageClassifier
-from lightning_lottery.ticket import atomic_write_json
 
 
 def trained(seed: int, budget: int, data: MNISTDataModule, folder: Path) -> dict[str, torch.Tensor]:

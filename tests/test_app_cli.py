@@ -160,7 +160,7 @@ def test_resuming_with_other_search_settings_is_refused_naming_each_and_changes_
     run_dir = shutil.copytree(finished_run, tmp_path / "run", symlinks=True)
     history = run_dir / "lottery" / "history.json"
     data = json.loads(history.read_text())
-    history.write_text(json.dumps({**data, "history": data["history"][:1]}))  # as if killed during level 1
+    history.write_text(json.dumps({**data, "history": data["history"][:1], "finished": False}))  # killed in level 1
     before = _snapshot(run_dir)
     code, _, err = _main(*TINY, "fast.max_steps=8", "seed=3", "ckpt_path=last", f"hydra.run.dir={run_dir}")
     assert code == 2 and len(err.splitlines()) == 1, err

@@ -27,7 +27,8 @@ from lightning_lottery._rng import derive_seed
 from lightning_lottery.analysis.instability import InstabilityResult, child_seeds, instability, train_parent
 from lightning_lottery.analysis.report import write_figures
 from lightning_lottery.core.connectivity import DEFAULT_THRESHOLD, earliest_stable, evenly_spaced
-from lightning_lottery.ticket import Ticket, TicketError, atomic_write_json
+from lightning_lottery.io import atomic_write_json
+from lightning_lottery.ticket import Ticket, TicketError
 
 ANALYSES = ("instability",)
 _EVAL_SPLITS = ("test", "val", "train")
