@@ -32,6 +32,10 @@ def announce(level: int, rounds: int, branch: str, remaining_pct: float, total: 
     )
 
 
+def announce_text(text: str) -> None:
+    rank_zero_info(f"[lottery] {text}")
+
+
 def show_in_progress_bar(trainer: pl.Trainer, extra: Callable[[], dict[str, str]]) -> None:
     """Add the search's position to the progress bar's metrics (``ProgressBar.get_metrics`` is its public hook)."""
     bar = trainer.progress_bar_callback

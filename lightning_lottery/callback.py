@@ -12,6 +12,7 @@ import os
 import random
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -22,6 +23,7 @@ from torch import Tensor
 
 from lightning_lottery import _artifacts, _display, _relaunch, io
 from lightning_lottery._at_init import masks_at_init
+from lightning_lottery._auto_rewind import AutoRewind
 from lightning_lottery._metrics import BranchMetrics
 from lightning_lottery._reinit import fresh_initialisation
 from lightning_lottery._resume import (
@@ -178,6 +180,7 @@ class LotteryTicketCallback(Callback):
         input_shape: Sequence[int] | None = None,
         structure: str | None = None,
         early_bird: Mapping[str, Any] | None = None,
+        auto_rewind: Mapping[str, Any] | None = None,
         monitor: str | None = "val_loss",
         mode: Literal["min", "max"] = "min",
         seed: int | None = None,
@@ -204,6 +207,7 @@ class LotteryTicketCallback(Callback):
             input_shape=input_shape,
             structure=structure,
             early_bird=early_bird,
+            auto_rewind=auto_rewind,
             monitor=monitor,
             mode=mode,
         )
@@ -223,6 +227,7 @@ class LotteryTicketCallback(Callback):
         self.progress = SearchProgress(self.plan)
         self._metrics = BranchMetrics(self.search)
         self._recorder = RewindPointRecorder(self.search.rewind)
+        self._auto = AutoRewind(self.search.auto_rewind) if self.search.auto_rewind is not None else None
         settings = self.search.early_bird
         self._early_bird = EarlyBirdTracker(settings["patience"], settings["threshold"]) if settings else None
         self._early_bird_step: int | None = None
@@ -354,6 +359,11 @@ class LotteryTicketCallback(Callback):
             "total": total,
             "tensor_sparsity": per_tensor,
             "record": record,
+            **(
+                {"auto_rewind": self._auto.summary()}
+                if self._auto is not None and self._auto.chosen is not None
+                else {}
+            ),
         }
         metadata = ticket_metadata(self._model_class, self.progress.masks, extra)
         weights = {n: w.clone() for n, w in self.rewind_weights.items()}
@@ -409,7 +419,9 @@ class LotteryTicketCallback(Callback):
         if self.save_tickets and trainer.is_global_zero:
             _artifacts.check_writable(self.dirpath)
             io.cleanup_stale_temp(self.dirpath)  # left by a killed run's interrupted writes
-        if self.late_rewinding:
+        if self._auto is not None:
+            self._plan_auto_rewind(trainer, pl_module)
+        elif self.late_rewinding:
             check_rewind_point(trainer, self.rewind)
         if "reinit" in self.controls:
             self._fresh_state(pl_module, level=0)  # fail now, not after level 0
@@ -501,6 +513,8 @@ class LotteryTicketCallback(Callback):
             # (Lightning may have made one earlier, e.g. for ``estimated_stepping_batches``).
             new_iterator(trainer, 0, rng)
             self._set_epoch_rng(rng, 0)
+            if self._auto is not None:
+                self._auto.save(trainer, 0, self._auto_folder())
 
     def _set_epoch_rng(self, rng: dict[str, Any], epoch: int) -> None:
         self._epoch_rng, self._iterator_epoch = rng, epoch
@@ -523,6 +537,8 @@ class LotteryTicketCallback(Callback):
         self._watch_early_bird(trainer)
         if self._recording():
             self._recorder.after_batch(trainer, pl_module)
+            if self._auto is not None:
+                self._auto.after_batch(trainer, pl_module, self._auto_folder())
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.enable_validation:
@@ -532,9 +548,13 @@ class LotteryTicketCallback(Callback):
 
     def _before_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._recorder.before_epoch(trainer)
+        if self._auto is not None and self._recording():
+            self._auto.before_epoch(trainer)
 
     def _before_batch(self, trainer: pl.Trainer) -> None:
         self._recorder.before_batch(trainer, self._epoch_rng)
+        if self._auto is not None and self._recording():
+            self._auto.before_batch(trainer, self._epoch_rng)
 
     def _watch_early_bird(self, trainer: pl.Trainer) -> None:
         """Every ``every`` steps of a ticket branch: the next level's prospective mask; stop once it has settled."""
@@ -550,6 +570,46 @@ class LotteryTicketCallback(Callback):
             trainer.should_stop = True
 
     # ------------------------------------------------------------------ during training
+
+    # ------------------------------------------------------------------ rewind="auto"
+
+    def _plan_auto_rewind(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The candidate grid of round 0, and what the children need, checked before round 0 trains."""
+        assert self._auto is not None
+        if trainer.world_size > 1:
+            raise ValueError("rewind='auto' trains its instability children on one device: run it without DDP")
+        if self.dirpath is None or not io.is_local(self.dirpath):
+            raise ValueError("rewind='auto' keeps round 0's candidate checkpoints in a local `dirpath`")
+        self._fresh_state(pl_module, level=0)  # the children are new copies of the module: it must rebuild
+        trainer.fit_loop.setup_data()
+        total = trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError("rewind='auto' places its candidates at fractions of round 0's budget: give max_steps")
+        self._auto.plan(int(total))
+
+    def _auto_folder(self) -> Path:
+        assert self.dirpath is not None
+        return Path(io.join(self.dirpath, "auto_rewind"))
+
+    def _choose_rewind_point(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """After round 0: measure the candidates' instability, rewind the levels to the earliest stable one."""
+        assert self._auto is not None and self._start_point is not None and self._theta0 is not None
+        self._auto.finish_round_0(trainer)
+        before = sum(r["steps_trained"] for r in self._auto.results.values())
+        chosen = self._auto.measure(trainer, pl_module, self.seed or 0)
+        self.progress.steps_before += sum(r["steps_trained"] for r in self._auto.results.values()) - before
+        self._recorder.point, self._recorder.weights = self._auto.point(self._start_point, self._theta0)
+        summary = self._auto.summary()
+        if not summary["stable"]:
+            rank_zero_warn(
+                f"rewind='auto': no candidate of {self._auto.steps} was stable (barriers {summary['barriers']}); "
+                f"rewinding to the last one measured, step {chosen}"
+            )
+        elif self.verbose:
+            _display.announce_text(
+                f"rewind='auto' chose step {chosen} (validation error barriers {summary['barriers']})"
+            )
+        self._write_history(trainer)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         if self._enforcer is not None:
@@ -582,6 +642,8 @@ class LotteryTicketCallback(Callback):
         if self.progress.position == 0 and self._final_schedule is None:
             self._final_schedule = _relaunch.capture_schedule(trainer)
         self._finish_branch(trainer)
+        if self._auto is not None and self.progress.position == 0 and self.rounds > 0:
+            self._choose_rewind_point(trainer, pl_module)
         if self.current.is_ticket and self.round < self.rounds:
             self._prepare_next_level(trainer, pl_module)
         if reason := _relaunch.search_interrupted(trainer):
@@ -746,6 +808,8 @@ class LotteryTicketCallback(Callback):
         if self.save_tickets and trainer.is_global_zero:
             assert self.dirpath is not None
             status = {"finished": self.progress.finished, "stopped": self.progress.stopped, "branches": len(self.plan)}
+            if self._auto is not None:
+                status["auto_rewind"] = self._auto.summary()
             _artifacts.write_history(self.dirpath, self.settings(), self.progress.history, status)
 
     # ------------------------------------------------------------------ helpers
@@ -825,6 +889,7 @@ class LotteryTicketCallback(Callback):
             "start_point": start,
             "rewind_point": self._recorder.state_dict(),
             "metrics": self._metrics.state_dict(),
+            "auto_rewind": self._auto.state_dict() if self._auto is not None else None,
             "early_bird": self._early_bird.state_dict() if self._early_bird is not None else None,
             # The RNG as of this checkpoint: a resumed run draws the same shuffles and dropout masks.
             "rng_now": collect_rng_state(),
@@ -857,6 +922,8 @@ class LotteryTicketCallback(Callback):
         self._start_point = ResumePoint.from_state(start) if start is not None else None
         self._recorder.load_state_dict(state_dict["rewind_point"])
         self._metrics.load_state_dict(state_dict["metrics"])
+        if self._auto is not None:
+            self._auto.load_state_dict(state_dict["auto_rewind"])
         if self._early_bird is not None:
             self._early_bird.load_state_dict(state_dict["early_bird"])
         self._rng_resume = state_dict["rng_now"]

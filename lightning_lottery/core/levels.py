@@ -39,7 +39,7 @@ _RENAMED = {
     "signed_constant": "rewind='signed_constant' is now a control branch of every level: controls=['signed_constant']",
 }
 
-RewindKind = Literal["init", "step", "epoch", "finetune", "lr_rewind"]
+RewindKind = Literal["init", "step", "epoch", "auto", "finetune", "lr_rewind"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,8 @@ class Rewind:
     """Where each level >= 1 starts.
 
     ``init`` (θ₀) and ``step``/``epoch`` (θ_k) rewind the surviving weights and resume round 0's training at that
-    point (global step, learning-rate schedule, data order); ``finetune`` and ``lr_rewind`` keep the trained
+    point (global step, learning-rate schedule, data order); ``auto`` does so at the earliest stable point of a grid
+    (instability analysis after round 0); ``finetune`` and ``lr_rewind`` keep the trained
     weights and restart at step 0, the former at round 0's final learning rate, the latter replaying its schedule.
     """
 
@@ -63,20 +64,21 @@ class Rewind:
                 raise ValueError(f"`rewind={rewind}`: a rewind step must be >= 0")
             return cls("init") if rewind == 0 else cls("step", rewind)
         if isinstance(rewind, str):
-            if rewind in ("init", "finetune", "lr_rewind"):
+            if rewind in ("init", "auto", "finetune", "lr_rewind"):
                 return cls(rewind)  # type: ignore[arg-type]
             if rewind in _RENAMED:
                 raise ValueError(_RENAMED[rewind])
             if rewind.startswith("epoch:") and rewind[6:].isdigit() and int(rewind[6:]) >= 1:
                 return cls("epoch", int(rewind[6:]))
         raise ValueError(
-            f"`rewind={rewind!r}` is not one of 'init', a step k >= 0, 'epoch:E' (E >= 1), 'finetune', 'lr_rewind'"
+            f"`rewind={rewind!r}` is not one of 'init', a step k >= 0, 'epoch:E' (E >= 1), 'auto', 'finetune', "
+            "'lr_rewind'"
         )
 
     @property
     def late(self) -> bool:
-        """θ_k of round 0 rather than θ₀."""
-        return self.kind in ("step", "epoch")
+        """θ_k of round 0 rather than θ₀ (``auto``: the k its instability chooses, possibly 0)."""
+        return self.kind in ("step", "epoch", "auto")
 
     @property
     def keeps_trained_weights(self) -> bool:

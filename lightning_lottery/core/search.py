@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from lightning_lottery.core.connectivity import DEFAULT_GRID
 from lightning_lottery.core.early_bird import EarlyBirdTracker
 from lightning_lottery.core.levels import Rewind, SearchPlan, parse_controls, validate_scale
 from lightning_lottery.core.saliency import METHODS as METHODS_AT_INIT
@@ -58,6 +59,29 @@ def parse_early_bird(early_bird: Mapping[str, Any] | None) -> dict[str, Any]:
     return settings
 
 
+AUTO_REWIND = {"grid": DEFAULT_GRID, "budget": None, "threshold": 0.02, "points": 11}
+
+
+def parse_auto_rewind(settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    """How ``rewind="auto"`` chooses: ``grid`` (fractions of round 0's budget), ``budget`` (steps per child, None: to
+    the end of round 0), ``threshold`` (error barrier, the paper's 0.02), ``points`` (on the linear path)."""
+    if settings is not None and (not isinstance(settings, Mapping) or set(settings) - set(AUTO_REWIND)):
+        raise ValueError(f"`auto_rewind={settings!r}`: allowed keys are {sorted(AUTO_REWIND)}")
+    out = {**AUTO_REWIND, **(settings or {})}
+    grid = out["grid"]
+    if isinstance(grid, (str, bytes)) or not grid or not all(isinstance(f, (int, float)) and 0 <= f < 1 for f in grid):
+        raise ValueError(f"`auto_rewind['grid']={grid!r}` must be fractions of round 0's budget in [0, 1)")
+    budget = out["budget"]
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise ValueError(f"`auto_rewind['budget']={budget!r}` must be None (to the end of round 0) or steps >= 1")
+    threshold = out["threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        raise ValueError(f"`auto_rewind['threshold']={threshold!r}` must be an error barrier in (0, 1)")
+    if isinstance(out["points"], bool) or not isinstance(out["points"], int) or out["points"] < 2:
+        raise ValueError(f"`auto_rewind['points']={out['points']!r}` must be an int >= 2")
+    return {**out, "grid": [float(f) for f in grid], "threshold": float(threshold)}
+
+
 @dataclass(frozen=True)
 class SearchSettings:
     """Everything that defines a search (see :class:`~lightning_lottery.LotteryTicketCallback` for each)."""
@@ -74,6 +98,7 @@ class SearchSettings:
     input_shape: tuple[int, ...] | None = None
     structure: NMStructure | None = None
     early_bird: dict[str, Any] = field(default_factory=dict)
+    auto_rewind: dict[str, Any] | None = None
     monitor: str | None = "val_loss"
     mode: str = "min"
 
@@ -94,6 +119,7 @@ class SearchSettings:
         input_shape: Any = None,
         structure: Any = None,
         early_bird: Any = None,
+        auto_rewind: Any = None,
         monitor: Any = "val_loss",
         mode: Any = "min",
     ) -> SearchSettings:
@@ -128,6 +154,9 @@ class SearchSettings:
             raise ValueError(
                 f"`structure` and `pruning={pruning!r}` cannot be combined: N:M masks are magnitude-chosen"
             )
+        if auto_rewind is not None and parsed_rewind.kind != "auto":
+            raise ValueError("`auto_rewind` sets how rewind='auto' chooses its step: it needs rewind='auto'")
+        auto = parse_auto_rewind(auto_rewind) if parsed_rewind.kind == "auto" else None
         if monitor is not None and not isinstance(monitor, str):
             raise TypeError(f"`monitor={monitor!r}` must be a metric name or None")
         if mode not in ("min", "max"):
@@ -145,6 +174,7 @@ class SearchSettings:
             input_shape=shape,
             structure=nm,
             early_bird=parse_early_bird(early_bird),
+            auto_rewind=auto,
             monitor=monitor,
             mode=mode,
         )
@@ -174,6 +204,7 @@ class SearchSettings:
             "pruning": self.pruning,
             "structure": str(self.structure) if self.structure is not None else None,
             "early_bird": dict(self.early_bird) or None,
+            "auto_rewind": self.auto_rewind,
             "monitor": self.monitor,
             "mode": self.mode,
         }
