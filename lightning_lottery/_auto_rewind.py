@@ -11,6 +11,7 @@ chosen step are recorded (``history.json``, ticket metadata). The children train
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +23,9 @@ from lightning_lottery._resume import ResumePoint, RewindPointRecorder
 from lightning_lottery.core.connectivity import earliest_stable, grid_steps
 from lightning_lottery.core.levels import Rewind
 from lightning_lottery.core.snapshot import State
+from lightning_lottery.io import atomic_write_json
+
+RESULTS = "results.json"
 
 
 def _accelerator(trainer: pl.Trainer) -> str:
@@ -76,9 +80,17 @@ class AutoRewind:
 
     # ------------------------------------------------------------------ after round 0
 
-    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, seed: int) -> int:
-        """The instability of the candidates in grid order, until one is stable; returns the chosen step."""
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, seed: int, folder: Path) -> int:
+        """The instability of the candidates in grid order, until one is stable; returns the chosen step.
+
+        Each result is written to ``folder/results.json`` as soon as it is measured, and a resumed search that was
+        killed while measuring takes the finished ones from there.
+        """
         from lightning_lottery.analysis.instability import child_seeds, instability
+
+        saved = folder / RESULTS
+        if saved.is_file():
+            self.results = {int(k): v for k, v in json.loads(saved.read_text()).items()} | self.results
 
         module_class, hparams = type(pl_module), dict(pl_module.hparams)
         datamodule = trainer.datamodule
@@ -105,6 +117,7 @@ class AutoRewind:
                     trainer_kwargs={"accelerator": _accelerator(trainer), "devices": 1, "precision": trainer.precision},
                 )
                 self.results[step] = {**result.to_dict(), "steps_trained": 2 * budget}
+                atomic_write_json(saved, {str(k): v for k, v in self.results.items()})
         finally:
             if datamodule is not None:
                 datamodule.trainer = trainer  # the children's fits took it over

@@ -596,7 +596,7 @@ class LotteryTicketCallback(Callback):
         assert self._auto is not None and self._start_point is not None and self._theta0 is not None
         self._auto.finish_round_0(trainer)
         before = sum(r["steps_trained"] for r in self._auto.results.values())
-        chosen = self._auto.measure(trainer, pl_module, self.seed or 0)
+        chosen = self._auto.measure(trainer, pl_module, self.seed or 0, self._auto_folder())
         self.progress.steps_before += sum(r["steps_trained"] for r in self._auto.results.values()) - before
         self._recorder.point, self._recorder.weights = self._auto.point(self._start_point, self._theta0)
         summary = self._auto.summary()

@@ -97,3 +97,22 @@ def test_auto_rewind_settings_are_checked():
         LotteryTicketCallback(rewind="auto", auto_rewind={"steps": [0, 10]})
     with pytest.raises(ValueError, match=r"grid.*\[0, 1\)"):
         LotteryTicketCallback(rewind="auto", auto_rewind={"grid": [0.0, 1.5]})
+
+
+def test_a_search_killed_while_measuring_keeps_the_finished_candidates(tmp_path, monkeypatch):
+    """Results go to auto_rewind/results.json as they come: a resumed measurement does not repeat them."""
+    folder = tmp_path / "lottery" / "auto_rewind"
+    folder.mkdir(parents=True)
+    earlier = {"errors": [0.1, 0.2, 0.1], "error_barrier": 0.1, "steps_trained": 8, "budget": 4}
+    (folder / "results.json").write_text(json.dumps({"0": earlier}))
+    measured: list[int] = []
+
+    def fake(module, data, budget, start, **kwargs):
+        measured.append(int(torch.load(start, weights_only=True)["global_step"]))
+        return InstabilityResult("x", PathResult((0.0, 0.5, 1.0), (0.1, 0.1, 0.1), (1.0, 1.0, 1.0)), (1, 2), budget)
+
+    monkeypatch.setattr(instability_module, "instability", fake)
+    lottery, _ = _search(tmp_path)
+    assert measured == [3], "step 0 was measured before the kill"
+    saved = json.loads((folder / "results.json").read_text())
+    assert set(saved) == {"0", "3"} and lottery.history[1]["start_step"] == 3
