@@ -50,7 +50,7 @@ from lightning_lottery.core import (
 )
 from lightning_lottery.core.early_bird import EarlyBirdTracker
 from lightning_lottery.core.levels import CONTROLS, Branch, Rewind, SearchPlan, branch_start, check_finite
-from lightning_lottery.core.progress import SearchProgress
+from lightning_lottery.core.progress import SearchProgress, upgrade_search_state
 from lightning_lottery.core.reparam import lottery_hooks
 from lightning_lottery.core.rounds import next_masks, rewind
 from lightning_lottery.core.search import DEFINING, SearchSettings, check_type
@@ -901,6 +901,7 @@ class LotteryTicketCallback(Callback):
         self._checkpoint_state = state_dict
 
     def _restore(self, state_dict: dict[str, Any]) -> None:
+        state_dict = upgrade_search_state(state_dict)
         if state_dict.get("version") != _STATE_VERSION:
             raise ValueError(
                 f"The checkpoint's lottery state has version {state_dict.get('version')}, this version reads "

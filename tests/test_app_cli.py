@@ -358,3 +358,18 @@ def test_a_run_that_takes_its_folder_clears_the_temporary_files_of_a_killed_writ
     folder.remove_temporary_files()
     folder.release()
     assert not any(p.exists() for p in leftovers) and all(p.exists() for p in kept)
+
+
+def test_a_setting_newer_than_the_run_is_no_difference_but_a_changed_or_emptied_one_is():
+    from lightning_lottery.cli.run_folder import setting_differences
+
+    recorded = {"seed": 0, "lottery": {"amount": 0.2, "layer_amounts": {}}, "trainer": {"max_steps": 4}}
+    newer = {**recorded, "lottery": {"amount": 0.2, "layer_amounts": {}, "pruning_batches": 1}}
+    assert setting_differences(recorded, newer) == []  # the run predates pruning_batches
+    changed = {**newer, "lottery": {"amount": 0.3, "layer_amounts": {"fc.weight": 0.1}, "pruning_batches": 1}}
+    assert setting_differences(recorded, changed) == [
+        "lottery.amount: the run has 0.2, given 0.3",
+        "lottery.layer_amounts.fc.weight: the run has null, given 0.1",
+    ]
+    recorded_null = {**recorded, "lottery": {**recorded["lottery"], "pruning_batches": None}}
+    assert setting_differences(recorded_null, newer) == ["lottery.pruning_batches: the run has null, given 1"]

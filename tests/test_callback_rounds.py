@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -280,3 +281,41 @@ def test_stock_multihead_attention_out_proj_is_trained_and_masked():
         reference.out_proj.weight.copy_(out_proj.weight_orig * out_proj.weight_mask)
         reference.out_proj.bias.copy_(out_proj.bias)
         assert torch.allclose(model.attn(x, x, x)[0], reference(x, x, x)[0], atol=1e-6)
+
+
+class _SaveOnce(pl.Callback):
+    """Writes one checkpoint at the end of epoch 0 of level 1 (as ModelCheckpoint would there)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_epoch_end(self, fit: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        lottery = next(cb for cb in fit.callbacks if isinstance(cb, LotteryTicketCallback))
+        if lottery.round == 1 and fit.current_epoch == 0 and not self.path.exists():
+            fit.save_checkpoint(self.path)
+
+
+def _as_version_2(checkpoint: dict) -> dict:
+    """The callback state in the layout of version 2: the progress's fields at the top level, no auto rewind."""
+    state = dict(checkpoint["callbacks"]["LotteryTicketCallback"])
+    state.update(state.pop("progress"), version=2)
+    del state["auto_rewind"]
+    checkpoint["callbacks"]["LotteryTicketCallback"] = state
+    return checkpoint
+
+
+def test_a_checkpoint_of_the_previous_state_layout_resumes_to_the_same_search(tmp_path: Path):
+    train, val = loaders()
+    settings = dict(rounds=2, amount=0.3, controls=["reinit"])
+    whole = LotteryTicketCallback(**settings)
+    saved = tmp_path / "mid.ckpt"
+    trainer(callbacks=[whole, _SaveOnce(saved)]).fit(TinyNet(), train, val)
+    old = tmp_path / "v2.ckpt"
+    torch.save(_as_version_2(torch.load(saved, weights_only=True)), old)
+
+    resumed = LotteryTicketCallback(**settings)
+    trainer(callbacks=[resumed]).fit(TinyNet(), train, val, ckpt_path=str(old))
+    assert [(r["round"], r["branch"]) for r in resumed.history] == [(r["round"], r["branch"]) for r in whole.history]
+    for ours, theirs in zip(resumed.history, whole.history):
+        assert ours["metrics"] == pytest.approx(theirs["metrics"], rel=1e-5)
+    assert all(torch.equal(resumed.masks[n], whole.masks[n]) for n in whole.masks)

@@ -113,13 +113,32 @@ def _search_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if not k.startswith(FREE_SETTINGS)}
 
 
+def _predates(recorded: Mapping[str, Any], key: str) -> bool:
+    """Whether ``key`` is a direct setting of a section (``lottery.pruning_batches``) that the run's record lacks
+    altogether: the setting is newer than the run. Keys inside a setting's own mapping (``layer_amounts``) are the
+    user's data and always compared."""
+    for section in SEARCH_SETTINGS:
+        name = key.removeprefix(f"{section}.")
+        if name != key and "." not in name:
+            node: Any = recorded
+            for part in section.split("."):
+                node = node.get(part) if isinstance(node, Mapping) else None
+            return isinstance(node, Mapping) and name not in node
+    return False
+
+
 def setting_differences(recorded: Mapping[str, Any], given: Mapping[str, Any]) -> list[str]:
-    """``"key: the run has X, given Y"`` for every search setting that differs (None and absent count as one)."""
+    """``"key: the run has X, given Y"`` for every search setting that differs (None and absent count as one).
+
+    A setting the run's record does not have at all was added to the app after the run started; the run behaved as
+    its default does (new settings default to the old behaviour), so it is not a difference."""
     old, new = _search_settings(recorded), _search_settings(given)
     differences = []
     for key in sorted(set(old) | set(new)):
         if key in FILLED_BY_DATA and new.get(key) is None:
             continue  # the app fills it from the data, as it did for the run
+        if key not in old and _predates(recorded, key):
+            continue
         if old.get(key) != new.get(key):
             differences.append(f"{key}: the run has {show(old.get(key))}, given {show(new.get(key))}")
     return differences

@@ -84,3 +84,14 @@ class SearchProgress:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
             setattr(self, name, value)
+
+
+def upgrade_search_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A callback state of an older layout in today's. Version 2 kept the progress's fields at the top level;
+    version 3 nests them under ``progress`` and adds ``auto_rewind``. Other versions are returned unchanged."""
+    if state.get("version") != 2:
+        return state
+    names = [f.name for f in fields(SearchProgress) if f.name != "plan"]
+    upgraded = {k: v for k, v in state.items() if k not in names}
+    upgraded.update(version=3, progress={name: state[name] for name in names}, auto_rewind=None)
+    return upgraded
