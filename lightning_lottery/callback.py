@@ -90,7 +90,8 @@ class LotteryTicketCallback(Callback):
     branch, not the search; ``max_time`` or SIGTERM end the search (recorded in ``history.json``).
 
     Masks are ``torch.nn.utils.prune`` masks (``weight_orig`` / ``weight_mask``); during training they cost
-    one fused multiply on the gradients and one on the weights per optimizer step, not one per forward.
+    one multiply per gradient as backward accumulates it (and one on the weights after steps of optimizers
+    that are not element-wise), not one per forward.
 
     Args:
         rounds: pruning levels after the dense level 0 (0: only train dense and snapshot θ₀).

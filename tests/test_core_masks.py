@@ -253,3 +253,37 @@ def test_other_optimizers_and_unmasked_steps_get_the_multiply_and_a_leak_switche
         model[0].weight_orig.add_(1.0)  # something else wrote into masked weights
     _train_steps(model, sgd, enforcer, 2)
     assert enforcer.always and not enforcer.leaked(), "the check found the leak, zeroed it and keeps zeroing"
+
+
+def _masked_grads_are_zero(model: nn.Module) -> bool:
+    return all(bool((model[i].weight_orig.grad[model[i].weight_mask == 0] == 0).all()) for i in (0, 2))
+
+
+def test_backward_masks_gradients_and_a_gradient_rewritten_after_it_is_masked_again():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
+    install_masks(select_prunable(model), _half_masks(model))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    enforcer = MaskEnforcer(model).attach([opt])
+    x, y = torch.randn(8, 6), torch.randint(0, 2, (8,))
+    nn.functional.cross_entropy(model(x), y).backward()
+    assert _masked_grads_are_zero(model), "masked by backward alone"
+
+    with torch.no_grad():
+        model[0].weight_orig.grad.add_(1.0)  # e.g. a user's on_after_backward adding noise
+    model[2].weight_orig.grad = torch.ones_like(model[2].weight_orig)  # or replacing a gradient
+    enforcer.mask_gradients()
+    assert _masked_grads_are_zero(model)
+    opt.step()
+    assert not enforcer.leaked()
+
+
+def test_without_backward_hooks_mask_gradients_masks_every_gradient():
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
+    install_masks(select_prunable(model), _half_masks(model))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    enforcer = MaskEnforcer(model).attach([opt], in_backward=False)  # what a data-parallel run gets
+    nn.functional.cross_entropy(model(torch.randn(8, 6)), torch.randint(0, 2, (8,))).backward()
+    assert not _masked_grads_are_zero(model), "backward leaves the gradients alone"
+    enforcer.mask_gradients()
+    assert _masked_grads_are_zero(model)
