@@ -7,6 +7,7 @@
 #   rewind     lottery.rewind=init, controls [random]: the 2:4 ticket from θ₀, and the random 2:4 control from θ₀
 #   finetune   lottery.rewind=finetune: the trained dense weights under the 2:4 mask, trained on for the same budget
 # Every branch trains STEPS iterations (the paper's LeNet rounds are 50,000; the CPU default is shortened to 10,000).
+# A killed seed resumes where it stopped: run the script again.
 #
 #   LOTTERY_DATA=/path/to/data scripts/lenet300_two_four.sh [OUT] [SEEDS...]   (default: runs/lenet300_2of4 0 1 2)
 #   STEPS=10000 CONTROLS=random JOBS=1 LIGHTNING_LOTTERY=lightning-lottery PYTHON=python   (environment, defaults)
@@ -41,7 +42,7 @@ PY
 arms() { # SEED
     local seed=$1
     local common=(recipe=mnist_lenet300 "seed=$seed" "trainer.max_steps=$STEPS" trainer.enable_progress_bar=false
-        report=false lottery.rounds=1 lottery.structure=2:4)
+        report=false ckpt_path=auto lottery.rounds=1 lottery.structure=2:4)
     "$LL" "${common[@]}" lottery.rewind=init "lottery.controls=[$CONTROLS]" "hydra.run.dir=$OUT/seed$seed/rewind"
     "$LL" "${common[@]}" lottery.rewind=finetune "lottery.controls=[]" "hydra.run.dir=$OUT/seed$seed/finetune"
 }
