@@ -40,11 +40,7 @@ def read(path: Path, experiment: str | None) -> dict[str, Table]:
             if experiment and row["experiment"] != experiment:
                 continue
             key = (row["branch"], round(float(row["weights_pct"]), 1), int(row["seed"]))
-            for name, column in (
-                ("acc", "at_best.test_acc"),
-                ("stop", "best_round_step"),
-                ("gap", "generalisation_gap"),
-            ):
+            for name, column in COLUMNS:
                 if row.get(column):
                     scale = 100.0 if name in ("acc", "gap") else 1.0
                     values[name][key] = float(row[column]) * scale
@@ -141,9 +137,7 @@ def claims(values: dict[str, Table]) -> list[Claim]:
                 f"accuracy vs. ticket at {NAMED[0]}%: {show(worse[0] if worse else None, ' pt')}, at "
                 f"{small[-1] if small else '-'}%: {show(worse[-1] if worse else None, ' pt')}; early stop vs. ticket "
                 f"at {NAMED[0]}%: {show(slower, ' it.', 0)}",
-                label(
-                    [*worse, None if slower is None else Interval(-slower.mean, -slower.hi, -slower.lo, slower.n)], -1
-                ),
+                label([*worse, negated(slower)], -1),
             )
         )
 
