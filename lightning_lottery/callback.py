@@ -498,11 +498,13 @@ class LotteryTicketCallback(Callback):
 
     def _before_first_run(self, trainer: pl.Trainer) -> None:
         rng = collect_rng_state()  # round 0's RNG before anything draws from it
+        epoch_rng = self._epoch_rng  # a checkpoint's: setting up the data below reports an iterator of its own
         check_workers(trainer, self.late_rewinding)  # sets up the training data: draws from the RNG (restored below)
         if self._resumed:
             assert self._rng_resume is not None
             trainer.callback_metrics.update(self._callback_metrics or {})
-            positioned = reposition_after_checkpoint(trainer, self._epoch_rng, self._rng_resume)
+            self._epoch_rng = epoch_rng
+            positioned = reposition_after_checkpoint(trainer, epoch_rng, self._rng_resume)
             self._iterator_epoch = trainer.fit_loop.epoch_progress.current.processed if positioned else None
             self._rng_resume = None
             if self.round > 0 and self.rewind.kind == "finetune" and self.tickets is None:

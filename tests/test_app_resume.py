@@ -30,9 +30,17 @@ SEARCH = [  # a search with late rewinding (a resume point inside an epoch) and 
 ]
 
 
-def _command(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+# The same search rewinding to θ₀ with the reinit control: round 0's data set up only when the loop first runs.
+SEARCH_TO_INIT = [
+    *(a for a in SEARCH if not a.startswith(("lottery.rewind=", "lottery.controls="))),
+    "lottery.rewind=init",
+    "lottery.controls=[reinit]",
+]
+
+
+def _command(run_dir: Path, *extra: str, search: list[str] = SEARCH) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(HELPERS), "OMP_NUM_THREADS": "1"}
-    args = [str(COMMAND), *SEARCH, f"hydra.run.dir={run_dir}", *extra]
+    args = [str(COMMAND), *search, f"hydra.run.dir={run_dir}", *extra]
     return subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
 
 
@@ -67,12 +75,38 @@ def _curves(run_dir: Path) -> list[dict[str, str]]:
     return [row for row in rows if any(v for k, v in row.items() if k != "step")]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _uninterrupted(tmp_path_factory: pytest.TempPathFactory, search: list[str]) -> Path:
     run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
-    done = _command(run_dir)
+    done = _command(run_dir, search=search)
     assert done.returncode == 0, done.stderr[-3000:]
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _uninterrupted(tmp_path_factory, SEARCH)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_to_init(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _uninterrupted(tmp_path_factory, SEARCH_TO_INIT)
+
+
+def _kill_and_resume(run_dir: Path, search: list[str], round_index: int, branch: str, step: int, during: str) -> None:
+    killer = [
+        "+callbacks.killer._target_=killer.KillAt",
+        f"+callbacks.killer.round={round_index}",
+        f"+callbacks.killer.branch={branch}",
+        f"+callbacks.killer.step={step}",
+        f"+callbacks.killer.during={during}",
+    ]
+    killed = _command(run_dir, *killer, search=search)
+    assert killed.returncode == -9, f"expected SIGKILL, got {killed.returncode}\n{killed.stderr[-3000:]}"
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and not (
+        run_dir / "checkpoints" / "last.ckpt"
+    ).is_symlink()
+    resumed = _command(run_dir, "ckpt_path=last", search=search)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
 
 
 @pytest.mark.parametrize(
@@ -98,22 +132,25 @@ def test_a_sigkilled_run_resumed_with_ckpt_path_last_ends_as_the_uninterrupted_o
     uninterrupted: Path, tmp_path: Path, round_index: int, branch: str, step: int, during: str
 ):
     run_dir = tmp_path / "run"
-    killer = [
-        "+callbacks.killer._target_=killer.KillAt",
-        f"+callbacks.killer.round={round_index}",
-        f"+callbacks.killer.branch={branch}",
-        f"+callbacks.killer.step={step}",
-        f"+callbacks.killer.during={during}",
-    ]
-    killed = _command(run_dir, *killer)
-    assert killed.returncode == -9, f"expected SIGKILL, got {killed.returncode}\n{killed.stderr[-3000:]}"
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and not (
-        run_dir / "checkpoints" / "last.ckpt"
-    ).is_symlink()
-    resumed = _command(run_dir, "ckpt_path=last")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _kill_and_resume(run_dir, SEARCH, round_index, branch, step, during)
 
     assert _history(run_dir) == _history(uninterrupted)
     assert _tickets(run_dir) == _tickets(uninterrupted)
     assert _curves(run_dir) == _curves(uninterrupted), "the logged curves, the killed run's rows kept"
     assert not list(run_dir.rglob("*.tmp")), "temporary files of the killed writes are cleaned up"
+
+
+@pytest.mark.parametrize(
+    ("round_index", "branch", "step"),
+    [(0, "ticket", 15), (1, "reinit", 13)],
+    ids=["inside round 0", "inside the reinit branch"],
+)
+def test_a_sigkilled_search_rewinding_to_init_resumes_to_the_uninterrupted_one(
+    uninterrupted_to_init: Path, tmp_path: Path, round_index: int, branch: str, step: int
+):
+    # Here the training data is first set up inside the search's loop: the checkpoint's data order must survive it.
+    run_dir = tmp_path / "run"
+    _kill_and_resume(run_dir, SEARCH_TO_INIT, round_index, branch, step, "step")
+    assert _history(run_dir) == _history(uninterrupted_to_init)
+    assert _tickets(run_dir) == _tickets(uninterrupted_to_init)
+    assert _curves(run_dir) == _curves(uninterrupted_to_init)
