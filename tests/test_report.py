@@ -525,3 +525,12 @@ def test_early_bird_runs_get_an_accuracy_vs_compute_figure(tmp_path: Path):
     report = write_report([tmp_path], tmp_path / "report")
     assert (report.parent / "lenet_mnist_vs_compute.png").is_file()
     assert "vs. the compute of the search" in report.read_text()
+
+
+def test_a_run_older_than_a_setting_is_grouped_with_runs_at_its_default(tmp_path: Path):
+    fake_run(tmp_path / "old", 0, run_info=info(0))  # recorded before `pruning_batches` existed
+    fake_run(tmp_path / "new", 1, run_info=info(1), pruning_batches=1)  # the default: what the old run did
+    fake_run(tmp_path / "other", 2, run_info=info(2), pruning_batches=4)  # another experiment
+    (experiment,) = build_experiments(collect_runs([tmp_path]))
+    assert sorted(len(group.runs) for group in experiment.groups) == [1, 2]
+    assert experiment.differing_settings == ["lottery.pruning_batches"]

@@ -15,7 +15,9 @@ the seed (and the output paths).
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
+import inspect
 import json
 import math
 import re
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_lottery.core.search import SearchSettings
 from lightning_lottery.transfer import LABELS as TRANSFER_LABELS
 
 HISTORY = "history.json"
@@ -190,6 +193,10 @@ def fingerprint(settings: Mapping[str, Any], config: Mapping[str, Any] | None = 
     under ``lottery.``, minus the seed, the number of levels, the controls and everything about output paths."""
     merged = flatten(dict(config or {}))
     merged.update(flatten(dict(settings), _LOTTERY_PREFIX))
+    for name, default in _setting_defaults().items():
+        key = _LOTTERY_PREFIX + name
+        if key not in merged and not any(k.startswith(key + ".") for k in merged):
+            merged[key] = default  # a run older than the setting behaved as its default does
     kept = {}
     for key, value in merged.items():
         parts = key.split(".")
@@ -197,6 +204,18 @@ def fingerprint(settings: Mapping[str, Any], config: Mapping[str, Any] | None = 
             continue
         kept[key] = value
     return dict(sorted(kept.items()))
+
+
+@functools.cache
+def _setting_defaults() -> dict[str, Any]:
+    """Every search setting's default, as a run records it: a run recorded before a setting existed is grouped
+    with newer runs that left it at its default (new settings default to the old behaviour)."""
+    parameters = inspect.signature(SearchSettings.build).parameters.values()
+    return {
+        p.name: json.loads(json.dumps(p.default, default=str))
+        for p in parameters
+        if p.default is not inspect.Parameter.empty
+    }
 
 
 def fingerprint_key(items: Mapping[str, Any]) -> str:
