@@ -12,19 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-# Two-sided 95% Student-t quantiles t(0.975, df), df = 1..30 (beyond: the normal quantile, within 0.09).
-_T975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
+from lightning_lottery.core.connectivity import confidence_interval
+
 MIN_SEEDS = 3
 TOLERANCE = 0.2  # points: "matches dense" when the interval's lower end is above -0.2 points
 
@@ -51,12 +45,8 @@ class SummaryError(ValueError):
 
 def interval(values: Sequence[float]) -> tuple[float, float, float]:
     """Mean and two-sided 95% Student-t confidence interval (the mean itself for one value)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, mean, mean
-    t = _T975[len(values) - 2] if len(values) - 1 <= len(_T975) else 1.96
-    half = t * statistics.stdev(values) / math.sqrt(len(values))
-    return mean, mean - half, mean + half
+    mean, lo, hi, _ = confidence_interval(values)
+    return mean, lo, hi
 
 
 def verdict(a: str, b: str, differences: Sequence[float]) -> str:

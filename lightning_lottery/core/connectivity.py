@@ -382,7 +382,7 @@ _Z975 = 1.959964
 def t_quantile_975(df: int) -> float:
     """t(0.975, df): a table up to 30 degrees of freedom, the Cornish-Fisher expansion beyond (error < 1e-4)."""
     if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+        raise ValueError(f"a t interval needs at least 1 degree of freedom (2 values), got df={df}")
     if df <= len(_T975):
         return _T975[df - 1]
     z = _Z975

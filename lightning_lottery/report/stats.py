@@ -8,27 +8,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-# Two-sided 95% quantiles t_{0.975, df} for df = 1..30 (standard tables, 3 decimals).
-_T975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
-_Z975 = 1.959964
+from lightning_lottery.core.connectivity import t_quantile_975
 
-
-def t_quantile_975(df: int) -> float:
-    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (a 95% two-sided interval).
-
-    Exact to the table's 3 decimals for df <= 30; beyond, the Cornish-Fisher expansion around the normal quantile,
-    which is within 1e-4 of the exact value there.
-    """
-    if df < 1:
-        raise ValueError(f"a t interval needs at least 1 degree of freedom (2 values), got df={df}")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = _Z975
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+__all__ = ["Stat", "t_quantile_975"]
 
 
 @dataclass(frozen=True)
