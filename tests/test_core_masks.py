@@ -123,6 +123,24 @@ def test_fast_path_trains_like_stock_prune():
     assert torch.allclose(reference(x), ours(x), atol=1e-6)
 
 
+def test_fast_path_hands_out_the_parameter_without_registering_it_twice():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
+    install_masks(select_prunable(model), _half_masks(model))
+    names = [name for name, _ in model.named_parameters()]
+    enforcer = MaskEnforcer(model).attach([])
+    model(torch.randn(3, 6)).sum().backward()
+    layer = model[0]
+    assert layer.weight is layer.weight_orig  # no per-forward view: the gradient lands on the parameter directly
+    assert [name for name, _ in model.named_parameters()] == names
+    assert set(model.state_dict()) == {f"{i}.{k}" for i in (0, 2) for k in ("weight_orig", "weight_mask", "bias")}
+    assert prune.is_pruned(model)
+    assert torch.equal(layer.weight_orig.grad * (1 - layer.weight_mask), torch.zeros(5, 6))
+    enforcer.detach()
+    model(torch.randn(3, 6))
+    assert layer.weight is not layer.weight_orig and layer.weight.grad_fn is not None  # back to orig * mask
+
+
 def test_tied_weights_get_one_mask():
     embed = nn.Embedding(10, 4)
     head = nn.Linear(4, 10, bias=False)

@@ -44,9 +44,16 @@ class LotteryMask(prune.BasePruningMethod):
     def apply_mask(self, module: nn.Module) -> Tensor:
         orig = getattr(module, self._tensor_name + "_orig")
         if self.masked_zero:
-            # A view, not the Parameter itself: assigning a Parameter would register a second parameter.
             return orig.view_as(orig)
         return orig * getattr(module, self._tensor_name + "_mask")
+
+    def __call__(self, module: nn.Module, inputs: Any) -> None:
+        if self.masked_zero:
+            # ``<name>_orig`` itself, set as a plain attribute (``setattr`` would register a second parameter):
+            # no view to make per forward and no view node in backward.
+            module.__dict__[self._tensor_name] = module._parameters[self._tensor_name + "_orig"]
+        else:
+            setattr(module, self._tensor_name, self.apply_mask(module))
 
 
 def _keep_position(module: nn.Module, before: list[str], old: str, new: str) -> None:
@@ -129,8 +136,8 @@ def _install_site(module: nn.Module, attr: str, mask: Tensor, shared: Tensor | N
 def _refresh(module: nn.Module, hook: LotteryMask) -> None:
     """Set ``module.<name>`` now, with autograd on. Some modules read a child's weight without calling the child
     (``nn.MultiheadAttention`` passes ``out_proj.weight`` to the functional form), so the child's hook never runs
-    and this value is what they use: in the fast path it is a live view of ``<name>_orig``."""
-    setattr(module, hook._tensor_name, hook.apply_mask(module))
+    and this value is what they use: in the fast path it is ``<name>_orig`` itself."""
+    hook(module, ())
 
 
 def install_masks(tensors: Mapping[str, PrunableTensor], masks: Mapping[str, Tensor], replace: bool = False) -> None:
@@ -195,8 +202,8 @@ class _GradientMask:
     def __init__(self, enforcer: MaskEnforcer, index: int) -> None:
         self.enforcer, self.index = enforcer, index
 
-    @torch.no_grad()
     def __call__(self, param: Tensor) -> None:
+        # Backward runs these hooks with grad mode off (or records the multiply, under create_graph).
         grad = param.grad
         grad.mul_(self.enforcer._masks[self.index])
         # Remember which tensor, at which version, is masked: anything that replaces or rewrites the gradient
