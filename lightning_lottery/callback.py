@@ -559,6 +559,30 @@ class LotteryTicketCallback(Callback):
         if self._auto is not None and self._recording():
             self._auto.before_batch(trainer, self._epoch_rng)
 
+    # ------------------------------------------------------------------ during training
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        if self._enforcer is not None:
+            self._enforcer.mask_gradients()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            # With several validation loaders Lightning keeps the sanity check's metrics to itself: check then
+            # only if it shared some, else at the first real validation.
+            if trainer.callback_metrics:
+                self._metrics.check_monitor(trainer.callback_metrics)
+            return
+        self._observe(trainer)
+
+    def _observe(self, trainer: pl.Trainer) -> None:
+        """Track the branch's best ``monitor`` value (its early-stop iteration) and log its curves."""
+        step, start = trainer.global_step, self.progress.branch_start_step
+        metrics = self._metrics.observe(trainer.callback_metrics, step, trainer.current_epoch, start)
+        prefix = _display.curve_prefix(self.round, self.branch)
+        _display.log_metrics(
+            trainer, {**{prefix + k: v for k, v in metrics.items()}, "round_step": float(step - start)}
+        )
+
     def _watch_early_bird(self, trainer: pl.Trainer) -> None:
         """Every ``every`` steps of a ticket branch: the next level's prospective mask; stop once it has settled."""
         tracker = self._early_bird
@@ -571,8 +595,6 @@ class LotteryTicketCallback(Callback):
         if tracker.converged:
             self._early_bird_step = trainer.global_step
             trainer.should_stop = True
-
-    # ------------------------------------------------------------------ during training
 
     # ------------------------------------------------------------------ rewind="auto"
 
@@ -613,28 +635,6 @@ class LotteryTicketCallback(Callback):
                 f"rewind='auto' chose step {chosen} (validation error barriers {summary['barriers']})"
             )
         self._write_history(trainer)
-
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
-        if self._enforcer is not None:
-            self._enforcer.mask_gradients()
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            # With several validation loaders Lightning keeps the sanity check's metrics to itself: check then
-            # only if it shared some, else at the first real validation.
-            if trainer.callback_metrics:
-                self._metrics.check_monitor(trainer.callback_metrics)
-            return
-        self._observe(trainer)
-
-    def _observe(self, trainer: pl.Trainer) -> None:
-        """Track the branch's best ``monitor`` value (its early-stop iteration) and log its curves."""
-        step, start = trainer.global_step, self.progress.branch_start_step
-        metrics = self._metrics.observe(trainer.callback_metrics, step, trainer.current_epoch, start)
-        prefix = _display.curve_prefix(self.round, self.branch)
-        _display.log_metrics(
-            trainer, {**{prefix + k: v for k, v in metrics.items()}, "round_step": float(step - start)}
-        )
 
     # ------------------------------------------------------------------ between branches
 
