@@ -318,20 +318,25 @@ class ImageClassifier(pl.LightningModule):
             return True
         return 0 <= trainer.max_steps <= self.global_step + 1
 
-    def _evaluate(self, batch: tuple[Tensor, Tensor], prefix: str, accuracy: MulticlassAccuracy) -> None:
+    def _evaluate(
+        self, batch: tuple[Tensor, Tensor], batch_idx: int, prefix: str, accuracy: MulticlassAccuracy
+    ) -> None:
         x, y = batch
         logits = self.model(x)
         loss = nn.functional.cross_entropy(logits, y)
         accuracy.update(logits, y)
         # batch_size weights the epoch mean, so a smaller last batch does not skew it.
         self.log(f"{prefix}_loss", loss, batch_size=y.shape[0], add_dataloader_idx=False, sync_dist=True)
-        self.log(f"{prefix}_acc", accuracy, add_dataloader_idx=False)
+        if batch_idx == 0:
+            # Once per epoch: Lightning computes (and resets) the logged Metric at the epoch's end over every
+            # update; logging it on each batch would move it to the device each time (~0.5 ms a batch on a CPU).
+            self.log(f"{prefix}_acc", accuracy, add_dataloader_idx=False)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         if dataloader_idx == 0:
-            self._evaluate(batch, "val", self.val_accuracy)
+            self._evaluate(batch, batch_idx, "val", self.val_accuracy)
         elif dataloader_idx == 1:
-            self._evaluate(batch, "test", self.val_test_accuracy)
+            self._evaluate(batch, batch_idx, "test", self.val_test_accuracy)
         else:
             raise ValueError(
                 f"ImageClassifier expects at most 2 validation dataloaders (val, test), got #{dataloader_idx}"
@@ -344,7 +349,7 @@ class ImageClassifier(pl.LightningModule):
             self.log("train_acc", accuracy, sync_dist=True)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._evaluate(batch, "test", self.test_accuracy)
+        self._evaluate(batch, batch_idx, "test", self.test_accuracy)
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
