@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("summary", type=Path)
     parser.add_argument("--a", required=True, help="column=value filters of arm A")
     parser.add_argument("--b", required=True, help="column=value filters of arm B")
-    parser.add_argument("--metric", default="at_best.test_acc")
-    parser.add_argument("--scale", type=float, default=100.0, help="multiply values (default 100: % and points)")
-    parser.add_argument("--total", action="store_true")
+    parser.add_argument("--metric", default="at_best.test_acc", help="summary.csv column (default: %(default)s)")
+    parser.add_argument("--scale", type=float, default=100.0, help="multiply values (default 100: %% and points)")
+    parser.add_argument("--total", action="store_true", help="add the per-seed sum over the levels both arms have")
     args = parser.parse_args(argv)
     try:
         with open(args.summary, newline="") as f:

@@ -66,3 +66,11 @@ def test_ambiguous_filters_and_bad_input_are_one_line_exit_2(tmp_path: Path, cap
     assert paired.main([str(path), "--a", "nonsense", "--b", "variant=snip"]) == 2
     assert paired.main([str(tmp_path / "none.csv"), "--a", "x=1", "--b", "y=2"]) == 2
     assert all(line.startswith("paired_summary: ") for line in capsys.readouterr().err.splitlines())
+
+
+def test_help_renders_every_option(capsys: pytest.CaptureFixture):
+    with pytest.raises(SystemExit) as stop:
+        paired.main(["--help"])
+    assert stop.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default 100: % and points)" in text and "(default: at_best.test_acc)" in text
