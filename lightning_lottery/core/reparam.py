@@ -275,7 +275,8 @@ class MaskEnforcer:
             _refresh(module, hook)
 
     def deactivate(self) -> None:
-        # The live views stay: masked entries of ``<name>_orig`` are zero, so they equal ``orig * mask``.
+        # ``module.<name>`` stays ``<name>_orig`` until the next forward: its masked entries are zero, so it equals
+        # ``orig * mask``.
         for hook in self._hooks:
             hook.masked_zero = False
 
