@@ -178,6 +178,23 @@ def test_epoch_metrics_are_exact_over_uneven_batches() -> None:
             assert results[f"{prefix}_acc"] == pytest.approx(acc, abs=1e-7)
 
 
+def test_each_validation_counts_only_its_own_batches() -> None:
+    # The accuracy Metric is logged once per epoch: its counts must still start afresh at every validation.
+    torch.manual_seed(0)
+    model, dm = ImageClassifier("lenet300"), small_data()
+    trainer = make_trainer()
+    trainer.validate(model, dm, verbose=False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))  # another model: another accuracy
+    second = {k: v for metrics in trainer.validate(model, dm, verbose=False) for k, v in metrics.items()}
+    model.eval()
+    with torch.no_grad():
+        x, y = dm.val_set.__getitems__(list(range(len(dm.val_set))))
+        expected = (model(x).argmax(1) == y).float().mean().item()
+    assert second["val_acc"] == pytest.approx(expected, abs=1e-7)
+
+
 def test_schedule_values_at_chosen_steps() -> None:
     f = WarmupMultiStep(warmup_steps=10, milestones=[20, 30], gamma=0.1)
     steps = [0, 1, 5, 9, 10, 19, 20, 29, 30, 1000]
