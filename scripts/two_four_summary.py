@@ -1,4 +1,4 @@
-"""Summarise a 2:4 rewinding vs fine-tuning comparison (scripts/lenet300_two_four.sh) from its history.json files.
+"""Summarise a 2:4 rewinding vs fine-tuning comparison (scripts/two_four.sh) from its history.json files.
 
 Layout read: ``OUT/seed<S>/rewind/**/history.json`` (level 0 dense; level 1: the 2:4 ticket rewound to θ₀ and the
 random 2:4 control) and ``OUT/seed<S>/finetune/**/history.json`` (level 1: the 2:4 mask on the trained weights,
@@ -20,7 +20,7 @@ from typing import Any
 from lightning_lottery.core.connectivity import confidence_interval
 
 MIN_SEEDS = 3
-TOLERANCE = 0.2  # points: "matches dense" when the interval's lower end is above -0.2 points
+TOLERANCE = 0.2  # points: "matches dense" when the interval's lower end is above -0.2 points (LeNet-300-100's spread)
 
 # (arm folder, level, branch) -> label
 ARMS = {
@@ -49,9 +49,9 @@ def interval(values: Sequence[float]) -> tuple[float, float, float]:
     return mean, lo, hi
 
 
-def verdict(a: str, b: str, differences: Sequence[float]) -> str:
+def verdict(a: str, b: str, differences: Sequence[float], tolerance: float = TOLERANCE) -> str:
     """The claim rule: a label only from >= 3 seeds, and only when the 95% interval of the paired difference
-    excludes 0 (or, against dense, lies above -TOLERANCE points)."""
+    excludes 0 (or, against dense, lies above -tolerance points)."""
     if len(differences) < MIN_SEEDS:
         return f"no claim: {len(differences)} seeds (the rule needs {MIN_SEEDS})"
     _, lo, hi = interval(differences)
@@ -59,8 +59,8 @@ def verdict(a: str, b: str, differences: Sequence[float]) -> str:
         return f"{a} better"
     if hi < 0:
         return f"{a} worse"
-    if b == "dense" and lo >= -TOLERANCE:
-        return f"{a} matches dense (within {TOLERANCE} points)"
+    if b == "dense" and lo >= -tolerance:
+        return f"{a} matches dense (within {tolerance:g} points)"
     return "no difference detected"
 
 
@@ -99,7 +99,9 @@ def collect(out: Path, metric: str) -> dict[str, dict[str, tuple[float, int | No
     return table
 
 
-def render(table: Mapping[str, Mapping[str, tuple[float, int | None]]], metric: str) -> str:
+def render(
+    table: Mapping[str, Mapping[str, tuple[float, int | None]]], metric: str, tolerance: float = TOLERANCE
+) -> str:
     labels = [label for label in ARMS.values() if any(label in row for row in table.values())]
     lines = [f"### {metric} at early stop ({len(table)} seeds; mean [95% CI])", "", "| arm | n | mean [95% CI] |"]
     lines.append("|---|---:|---|")
@@ -115,7 +117,7 @@ def render(table: Mapping[str, Mapping[str, tuple[float, int | None]]], metric: 
             continue
         mean, lo, hi = interval(differences)
         lines.append(
-            f"| {a} | {b} | {len(differences)} | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] | {verdict(a, b, differences)} |"
+            f"| {a} | {b} | {len(differences)} | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] | {verdict(a, b, differences, tolerance)} |"
         )
     return "\n".join(lines)
 
@@ -124,9 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
     parser.add_argument("--metric", default="test_acc")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=TOLERANCE,
+        help="points below dense that still 'match dense' (default %(default)s: LeNet-300-100's seed-to-seed spread)",
+    )
     args = parser.parse_args(argv)
+    if args.tolerance < 0:
+        parser.error(f"--tolerance must be >= 0 points, got {args.tolerance}")
     try:
-        print(render(collect(args.out, args.metric), args.metric))
+        print(render(collect(args.out, args.metric), args.metric, args.tolerance))
     except (SummaryError, OSError, json.JSONDecodeError, KeyError) as err:
         print(f"two_four_summary.py: {err}", file=sys.stderr)
         return 2

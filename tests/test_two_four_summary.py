@@ -71,3 +71,19 @@ def test_missing_metric_and_folders_are_one_line_errors(tmp_path: Path, capsys):
     _write(tmp_path, 0, 0.97, 0.98, 0.96, 0.97)
     assert summary.main([str(tmp_path), "--metric", "test_ppl"]) == 2
     assert "no 'test_ppl' at early stop (it has ['test_acc', 'val_loss'])" in capsys.readouterr().err
+
+
+def test_tolerance_sets_what_matches_dense(tmp_path: Path, capsys):
+    # Conv-2 on CIFAR-10 spreads more between seeds than LeNet-300-100: the "matches dense" margin is an option.
+    differences = [-0.3, -0.5, 0.2]
+    assert summary.verdict("x", "dense", differences) == "no difference detected"
+    assert summary.verdict("x", "dense", differences, tolerance=2.0) == "x matches dense (within 2 points)"
+    for seed, (dense, finetune) in enumerate([(0.650, 0.647), (0.640, 0.635), (0.655, 0.657)]):
+        _write(tmp_path, seed, dense, 0.64, 0.62, finetune)
+    assert summary.main([str(tmp_path), "--tolerance", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "| 2:4 fine-tune | dense | 3 | -0.20 [" in text and "2:4 fine-tune matches dense (within 2 points) |" in text
+    with pytest.raises(SystemExit) as exit_info:
+        summary.main([str(tmp_path), "--tolerance", "-1"])
+    assert exit_info.value.code == 2
+    assert "--tolerance must be >= 0 points, got -1.0" in capsys.readouterr().err
