@@ -116,9 +116,8 @@ def render(
         if not differences:
             continue
         mean, lo, hi = interval(differences)
-        lines.append(
-            f"| {a} | {b} | {len(differences)} | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] | {verdict(a, b, differences, tolerance)} |"
-        )
+        label = verdict(a, b, differences, tolerance)
+        lines.append(f"| {a} | {b} | {len(differences)} | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] | {label} |")
     return "\n".join(lines)
 
 
