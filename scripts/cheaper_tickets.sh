@@ -15,8 +15,8 @@
 # Environment (defaults: LeNet-300-100 on MNIST, 5,000 of the paper's 50,000 iterations per level, 15 levels, PaI
 # at the overall sparsity of IMP levels 3, 6, 9, 12 and 15: hidden layers 20%, output layer 10% per level, 266,200
 # weights): RECIPE=mnist_lenet300 EXPERIMENT=lenet300_cheaper_tickets STEPS=5000 ROUNDS=15
-# AT_IMP_LEVELS=[0.487185,...] METHODS="snip grasp synflow magnitude_init" OVERRIDES= (Hydra overrides for every run,
-# split on spaces).
+# AT_IMP_LEVELS=[0.487185,...] ARMS="imp early_bird snip grasp synflow magnitude_init" (the arms to run, in this
+# order) OVERRIDES= (Hydra overrides for every run, split on spaces) REPORT=1 (0: no report at the end).
 #
 # Conv-2 on CIFAR-10 at a CPU budget (1,000 of the paper's 20,000 iterations per level, 4 levels; PaI at level 4's
 # 58.8% sparsity: convolutions and the output layer 10%, the other fully connected layers 20% per level):
@@ -33,7 +33,7 @@ EXPERIMENT=${EXPERIMENT:-lenet300_cheaper_tickets}
 STEPS=${STEPS:-5000}
 ROUNDS=${ROUNDS:-15}
 AT_IMP_LEVELS=${AT_IMP_LEVELS:-"[0.487185,0.736844,0.864831,0.930478,0.964174]"}
-read -r -a METHODS <<< "${METHODS:-snip grasp synflow magnitude_init}"
+read -r -a ARMS <<< "${ARMS:-imp early_bird snip grasp synflow magnitude_init}"
 read -r -a EXTRA <<< "${OVERRIDES:-}"
 LL=${LIGHTNING_LOTTERY:-lightning-lottery}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -48,16 +48,36 @@ run() { # NAME SEED OVERRIDES...
         "${EXTRA[@]}" "$@"
 }
 
+arm() { # NAME SEED
+    local name=$1 seed=$2
+    case $name in
+    imp) run imp "$seed" "lottery.rounds=$ROUNDS" "lottery.controls=[]" "variant=IMP ticket" ;;
+    early_bird)
+        run early_bird "$seed" "lottery.rounds=$ROUNDS" "lottery.controls=[]" \
+            "lottery.early_bird={every:100,patience:5,threshold:0.1}" "variant=IMP ticket with early-bird levels"
+        ;;
+    snip | grasp | synflow | magnitude_init)
+        run "$name" "$seed" "lottery.pruning=$name" lottery.scope=global lottery.layer_amounts=null \
+            "lottery.rounds=${#TARGETS[@]}" "lottery.amount=$AT_IMP_LEVELS" "lottery.controls=[random]" "variant=$name"
+        ;;
+    esac
+}
+
+for name in "${ARMS[@]}"; do # refuse a typo before hours of training
+    case $name in
+    imp | early_bird | snip | grasp | synflow | magnitude_init) ;;
+    *)
+        echo "cheaper_tickets.sh: unknown arm '$name' in ARMS (allowed: imp early_bird snip grasp synflow magnitude_init)" >&2
+        exit 2
+        ;;
+    esac
+done
 mkdir -p "$OUT"
 for seed in "${SEEDS[@]}"; do
-    run imp "$seed" "lottery.rounds=$ROUNDS" "lottery.controls=[]" "variant=IMP ticket" > "$OUT/imp_seed$seed.log" 2>&1
-    run early_bird "$seed" "lottery.rounds=$ROUNDS" "lottery.controls=[]" \
-        "lottery.early_bird={every:100,patience:5,threshold:0.1}" "variant=IMP ticket with early-bird levels" \
-        > "$OUT/early_bird_seed$seed.log" 2>&1
-    for method in "${METHODS[@]}"; do
-        run "$method" "$seed" "lottery.pruning=$method" lottery.scope=global lottery.layer_amounts=null \
-            "lottery.rounds=${#TARGETS[@]}" "lottery.amount=$AT_IMP_LEVELS" "lottery.controls=[random]" \
-            "variant=$method" > "$OUT/${method}_seed$seed.log" 2>&1
+    for name in "${ARMS[@]}"; do
+        arm "$name" "$seed" > "$OUT/${name}_seed$seed.log" 2>&1
     done
 done
-"$(dirname "$(command -v "$LL")")/lightning-lottery-report" "$OUT" --out "$OUT/report"
+if [[ ${REPORT:-1} != 0 ]]; then
+    "$(dirname "$(command -v "$LL")")/lightning-lottery-report" "$OUT" --out "$OUT/report"
+fi

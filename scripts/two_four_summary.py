@@ -60,7 +60,7 @@ def verdict(a: str, b: str, differences: Sequence[float], tolerance: float = TOL
     if hi < 0:
         return f"{a} worse"
     if b == "dense" and lo >= -tolerance:
-        return f"{a} matches dense (within {tolerance:g} points)"
+        return f"{a} matches dense (within {tolerance:g} point{'' if tolerance == 1 else 's'})"
     return "no difference detected"
 
 
