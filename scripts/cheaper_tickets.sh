@@ -33,7 +33,8 @@ EXPERIMENT=${EXPERIMENT:-lenet300_cheaper_tickets}
 STEPS=${STEPS:-5000}
 ROUNDS=${ROUNDS:-15}
 AT_IMP_LEVELS=${AT_IMP_LEVELS:-"[0.487185,0.736844,0.864831,0.930478,0.964174]"}
-read -r -a ARMS <<< "${ARMS:-imp early_bird snip grasp synflow magnitude_init}"
+KNOWN_ARMS="imp early_bird snip grasp synflow magnitude_init"
+read -r -a ARMS <<< "${ARMS:-$KNOWN_ARMS}"
 read -r -a EXTRA <<< "${OVERRIDES:-}"
 LL=${LIGHTNING_LOTTERY:-lightning-lottery}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -64,13 +65,10 @@ arm() { # NAME SEED
 }
 
 for name in "${ARMS[@]}"; do # refuse a typo before hours of training
-    case $name in
-    imp | early_bird | snip | grasp | synflow | magnitude_init) ;;
-    *)
-        echo "cheaper_tickets.sh: unknown arm '$name' in ARMS (allowed: imp early_bird snip grasp synflow magnitude_init)" >&2
+    if [[ " $KNOWN_ARMS " != *" $name "* ]]; then
+        echo "cheaper_tickets.sh: unknown arm '$name' in ARMS (allowed: $KNOWN_ARMS)" >&2
         exit 2
-        ;;
-    esac
+    fi
 done
 mkdir -p "$OUT"
 for seed in "${SEEDS[@]}"; do
