@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -55,6 +56,38 @@ def paired_ratios(times: Mapping[str, list[float]], baseline: str) -> dict[str, 
     """Median over repeats of (variant / baseline) taken within each repeat."""
     base = times[baseline]
     return {name: statistics.median(t / b for t, b in zip(ts, base)) for name, ts in times.items()}
+
+
+def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """A distribution-free confidence interval for the median: the order statistics ``x_(k)`` and ``x_(n+1-k)``
+    with the largest ``k`` whose coverage under Binomial(n, 1/2) is still at least ``level``.
+
+    Needs no assumption about the shape of the noise (a shared machine's timings have long right tails). With
+    fewer than 6 values no pair of order statistics reaches 95%: the interval is then the whole range, and its
+    coverage is below ``level``.
+    """
+    if not values:
+        raise ValueError("median_interval needs at least one value")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    ordered = sorted(values)
+    n = len(ordered)
+    tail = 0.0  # P(Binomial(n, 1/2) <= k - 1): the probability that x_(k) lies above the median
+    k = 1
+    while k < (n + 1) // 2:
+        tail += math.comb(n, k - 1) / 2**n
+        if 1 - 2 * (tail + math.comb(n, k) / 2**n) < level:
+            break
+        k += 1
+    return ordered[k - 1], ordered[n - k]
+
+
+def paired_ratio_intervals(
+    times: Mapping[str, list[float]], baseline: str, level: float = 0.95
+) -> dict[str, tuple[float, float]]:
+    """:func:`median_interval` of the per-repeat ratios variant / baseline."""
+    base = times[baseline]
+    return {name: median_interval([t / b for t, b in zip(ts, base)], level) for name, ts in times.items()}
 
 
 def table(title: str, rows: list[list[Any]], header: list[str]) -> None:

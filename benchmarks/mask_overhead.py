@@ -7,7 +7,8 @@ Variants (same LightningModule, same in-memory batches, each one a full ``traine
   ModelPruning     Lightning's ModelPruning(use_lottery_ticket_hypothesis=True), 90% from the end of epoch 0
 Optimizers: SGD with momentum 0.9, fused Adam (one kernel per step, the recipes' choice) and stock (foreach) Adam.
 Time = median epoch time over epochs 1.. (epoch 0 warms up; ModelPruning prunes at its end). The ratio is
-variant / dense within each repeat (variants interleaved), then the median over repeats. Goal: lottery / dense
+variant / dense within each repeat (variants interleaved), then the median over repeats, with a distribution-free
+95% confidence interval for that median (order statistics; it needs >= 6 repeats). Goal: lottery / dense
 <= 1.05 with SGD and fused Adam on every model.
 
 Stock Adam takes ``sqrt`` of its second moments every step, and those of masked weights are exactly zero (their
@@ -30,7 +31,7 @@ import torch
 from lightning.pytorch.callbacks import ModelPruning
 from torch.nn.utils import prune
 
-from benchmarks.common import emit, interleaved, machine, paired_ratios, table
+from benchmarks.common import emit, interleaved, machine, paired_ratio_intervals, paired_ratios, table
 from lightning_lottery import LotteryTicketCallback
 from lightning_lottery.core import install_masks, select_prunable
 from lightning_lottery.modules.classifier import ImageClassifier
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
             }
             times = interleaved(runs, repeats=args.repeats, warmup=0)
             ratios = paired_ratios(times, "dense")
+            intervals = paired_ratio_intervals(times, "dense")
             dense_ms = 1000 * statistics.median(times["dense"]) / steps
             share = None
             if optimizer == "adam" and device == "cpu":
@@ -185,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
                         "sparsity": SPARSITY,
                         "median_step_ms": step_ms,
                         "ratio_to_dense": ratios[variant],
+                        "ratio_ci95": intervals[variant],
                         "sqrt_share_of_dense_step": share if variant == "lottery" else None,
                         "repeats": args.repeats,
                         "steps_per_epoch": steps,
@@ -193,11 +196,13 @@ def main(argv: list[str] | None = None) -> None:
                     }
                 )
                 sqrt_cell = f"{100 * share:.1f}%" if share is not None and variant == "lottery" else ""
-                rows.append([name, optimizer, variant, f"{step_ms:.2f}", f"{ratios[variant]:.3f}", sqrt_cell])
+                low, high = intervals[variant]
+                ratio_cell = f"{ratios[variant]:.3f} [{low:.3f}, {high:.3f}]"
+                rows.append([name, optimizer, variant, f"{step_ms:.2f}", ratio_cell, sqrt_cell])
     table(
         f"training step at {SPARSITY:.0%} sparsity vs dense with the same optimizer (median of {args.repeats})",
         rows,
-        ["model", "optimizer", "variant", "ms/step", "ratio to dense", "sqrt share"],
+        ["model", "optimizer", "variant", "ms/step", "ratio to dense [95% CI of the median]", "sqrt share"],
     )
 
 

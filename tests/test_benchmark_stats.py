@@ -1,0 +1,46 @@
+"""The statistics the benchmarks report: the median's distribution-free confidence interval."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from benchmarks.common import median_interval, paired_ratio_intervals
+
+
+def _coverage(n: int, k: int) -> float:
+    """P(x_(k) <= median <= x_(n+1-k)) for n draws of a continuous distribution."""
+    below = sum(math.comb(n, j) for j in range(k)) / 2**n
+    return 1 - 2 * below
+
+
+@pytest.mark.parametrize("n", range(1, 30))
+def test_the_interval_is_the_narrowest_pair_of_order_statistics_with_95_percent_coverage(n: int) -> None:
+    values = [float(v) for v in range(n, 0, -1)]  # unsorted on purpose
+    low, high = median_interval(values)
+    k = int(low)
+    assert high == n + 1 - k  # symmetric order statistics
+    if n >= 6:
+        assert _coverage(n, k) >= 0.95
+        assert k == (n + 1) // 2 or _coverage(n, k + 1) < 0.95  # no narrower pair qualifies
+    else:
+        assert (low, high) == (1, n)  # nothing reaches 95%: the whole range
+
+
+def test_known_values() -> None:
+    # n = 9: x_(2)..x_(8) covers 96.1%; n = 11: x_(2)..x_(10) covers 98.8% (x_(3)..x_(9) only 93.5%)
+    assert median_interval([9, 1, 8, 2, 7, 3, 6, 4, 5]) == (2, 8)
+    assert median_interval(list(range(1, 12))) == (2, 10)
+    assert median_interval(list(range(1, 12)), level=0.9) == (3, 9)
+
+
+def test_paired_ratio_intervals_are_taken_on_per_repeat_ratios() -> None:
+    times = {"dense": [1.0, 2.0, 4.0, 1.0, 2.0, 4.0], "lottery": [1.1, 2.0, 4.4, 1.05, 2.2, 4.0]}
+    assert paired_ratio_intervals(times, "dense") == {"dense": (1.0, 1.0), "lottery": (1.0, pytest.approx(1.1))}
+
+
+@pytest.mark.parametrize("bad", [{"values": []}, {"values": [1.0], "level": 1.0}, {"values": [1.0], "level": 0}])
+def test_bad_input_is_refused(bad: dict) -> None:
+    with pytest.raises(ValueError, match=r"median_interval needs|level must be"):
+        median_interval(**bad)
