@@ -215,8 +215,8 @@ class MaskEnforcer:
     """Keeps masked weights at exactly zero during training, for about one multiply per gradient and step.
 
     :meth:`attach` hooks the parameters and the optimizers. Each masked gradient is multiplied by its mask as soon
-    as backward has accumulated it, while it is still in cache (a separate pass after backward streams every
-    gradient and mask through memory once more: ~5% of a Conv-2 step on a CPU); call :meth:`mask_gradients`
+    as backward has accumulated it, while it is still in cache (a separate pass after backward would stream every
+    gradient through memory once more); call :meth:`mask_gradients`
     before the optimizer step (and before gradient clipping) to mask any gradient that did not come from backward
     or was rewritten after it (DDP's all-reduce, a user's hook).
     After a step of an element-wise optimizer (:data:`ELEMENTWISE_OPTIMIZERS`) on masked gradients, masked weights
