@@ -72,12 +72,12 @@ def median_interval(values: list[float], level: float = 0.95) -> tuple[float, fl
         raise ValueError(f"level must be in (0, 1), got {level}")
     ordered = sorted(values)
     n = len(ordered)
-    tail = 0.0  # P(Binomial(n, 1/2) <= k - 1): the probability that x_(k) lies above the median
+
+    def coverage(k: int) -> float:  # x_(k) lies above the median when fewer than k values fall below it
+        return 1 - 2 * sum(math.comb(n, j) for j in range(k)) / 2**n
+
     k = 1
-    while k < (n + 1) // 2:
-        tail += math.comb(n, k - 1) / 2**n
-        if 1 - 2 * (tail + math.comb(n, k) / 2**n) < level:
-            break
+    while k < (n + 1) // 2 and coverage(k + 1) >= level:
         k += 1
     return ordered[k - 1], ordered[n - k]
 

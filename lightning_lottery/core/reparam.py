@@ -216,9 +216,9 @@ class MaskEnforcer:
 
     :meth:`attach` hooks the parameters and the optimizers. Each masked gradient is multiplied by its mask as soon
     as backward has accumulated it, while it is still in cache (a separate pass after backward would stream every
-    gradient through memory once more); call :meth:`mask_gradients`
-    before the optimizer step (and before gradient clipping) to mask any gradient that did not come from backward
-    or was rewritten after it (DDP's all-reduce, a user's hook).
+    gradient through memory once more); call :meth:`mask_gradients` before the optimizer step (and before gradient
+    clipping) to mask any gradient that did not come from backward or was rewritten after it (DDP's all-reduce, a
+    user's hook).
     After a step of an element-wise optimizer (:data:`ELEMENTWISE_OPTIMIZERS`) on masked gradients, masked weights
     are still zero, so they are only checked every ``verify_every`` steps; after any other step (another
     optimizer, or a step without masked gradients) they are zeroed. A failed check zeroes them after every step
