@@ -52,10 +52,14 @@ def interleaved(variants: Mapping[str, Callable[[], float]], repeats: int, warmu
     return times
 
 
+def _per_repeat_ratios(times: Mapping[str, list[float]], baseline: str) -> dict[str, list[float]]:
+    base = times[baseline]
+    return {name: [t / b for t, b in zip(ts, base)] for name, ts in times.items()}
+
+
 def paired_ratios(times: Mapping[str, list[float]], baseline: str) -> dict[str, float]:
     """Median over repeats of (variant / baseline) taken within each repeat."""
-    base = times[baseline]
-    return {name: statistics.median(t / b for t, b in zip(ts, base)) for name, ts in times.items()}
+    return {name: statistics.median(r) for name, r in _per_repeat_ratios(times, baseline).items()}
 
 
 def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
@@ -86,8 +90,7 @@ def paired_ratio_intervals(
     times: Mapping[str, list[float]], baseline: str, level: float = 0.95
 ) -> dict[str, tuple[float, float]]:
     """:func:`median_interval` of the per-repeat ratios variant / baseline."""
-    base = times[baseline]
-    return {name: median_interval([t / b for t, b in zip(ts, base)], level) for name, ts in times.items()}
+    return {name: median_interval(r, level) for name, r in _per_repeat_ratios(times, baseline).items()}
 
 
 def table(title: str, rows: list[list[Any]], header: list[str]) -> None:
