@@ -7,6 +7,7 @@ import sys
 
 BENCHMARKS = (
     "mask_overhead",
+    "optimizer_step",
     "prune_round",
     "end_to_end",
     "openlth_protocol",

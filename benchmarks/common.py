@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -41,14 +42,20 @@ def timed(fn: Callable[[], Any]) -> float:
 
 
 def interleaved(variants: Mapping[str, Callable[[], float]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Run every variant once per repeat, in turn, so slow drifts of the machine hit all variants alike."""
+    """Run every variant once per repeat, in turn, so slow drifts of the machine hit all variants alike.
+
+    The order reverses every other repeat (A B, B A, ...), so a drift within a repeat favours no variant, and
+    garbage is collected before each run, so no run pays for the collection of another's objects.
+    """
+    names = list(variants)
     for _ in range(warmup):
         for fn in variants.values():
             fn()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, fn in variants.items():
-            times[name].append(fn())
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        for name in names if repeat % 2 == 0 else reversed(names):
+            gc.collect()
+            times[name].append(variants[name]())
     return times
 
 

@@ -5,11 +5,12 @@ Variants (same LightningModule, same in-memory batches, each one a full ``traine
   lottery          our LotteryTicketCallback enforcing 90%-sparse masks
   torch.prune      torch.nn.utils.prune forward pre-hooks at 90% (orig * mask on every forward)
   ModelPruning     Lightning's ModelPruning(use_lottery_ticket_hypothesis=True), 90% from the end of epoch 0
-Optimizers: SGD with momentum 0.9, fused Adam (one kernel per step, the recipes' choice) and stock (foreach) Adam.
+Optimizers: SGD with momentum 0.9, stock (foreach) and fused (the recipes' choice), fused Adam (one kernel per step,
+the recipes' choice) and stock (foreach) Adam.
 Time = median epoch time over epochs 1.. (epoch 0 warms up; ModelPruning prunes at its end). The ratio is
 variant / dense within each repeat (variants interleaved), then the median over repeats, with a distribution-free
 95% confidence interval for that median (order statistics; it needs >= 6 repeats). Goal: lottery / dense
-<= 1.05 with SGD and fused Adam on every model.
+<= 1.05 with SGD (stock and fused) and fused Adam on every model.
 
 Stock Adam takes ``sqrt`` of its second moments every step, and those of masked weights are exactly zero (their
 gradients are zero, with our masks and with torch.nn.utils.prune alike); on some CPUs ``sqrt`` of exact zeros is
@@ -47,7 +48,8 @@ MODELS: dict[str, tuple[str, tuple[int, ...], int, int]] = {
 # convolution within ~50 steps; an all-zero activation max-pools 3x faster than a live one, so the dense baseline got
 # cheaper for reasons that have nothing to do with masks. The arithmetic per step does not depend on the rate.
 OPTIMIZERS: dict[str, dict[str, Any]] = {
-    "sgd": {"_target_": "torch.optim.SGD", "lr": 1e-4, "momentum": 0.9},
+    "sgd": {"_target_": "torch.optim.SGD", "lr": 1e-4, "momentum": 0.9},  # stock: foreach
+    "sgd_fused": {"_target_": "torch.optim.SGD", "lr": 1e-4, "momentum": 0.9, "fused": True},  # the recipes' SGD
     "adam_fused": {"_target_": "torch.optim.Adam", "lr": 1e-5, "fused": True},
     "adam": {"_target_": "torch.optim.Adam", "lr": 1e-5},  # stock: foreach
 }

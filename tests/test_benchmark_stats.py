@@ -1,4 +1,5 @@
-"""The statistics the benchmarks report: the median's distribution-free confidence interval."""
+"""The statistics the benchmarks report (the median's distribution-free confidence interval) and the order in which
+they run their variants."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 
 import pytest
 
-from benchmarks.common import median_interval, paired_ratio_intervals
+from benchmarks.common import interleaved, median_interval, paired_ratio_intervals
 
 
 def _coverage(n: int, k: int) -> float:
@@ -44,3 +45,14 @@ def test_paired_ratio_intervals_are_taken_on_per_repeat_ratios() -> None:
 def test_bad_input_is_refused(bad: dict) -> None:
     with pytest.raises(ValueError, match=r"median_interval needs|level must be"):
         median_interval(**bad)
+
+
+def test_interleaved_runs_alternate_their_order_and_keep_each_variants_times_apart() -> None:
+    calls: list[str] = []
+
+    def variant(name: str, seconds: float):
+        return lambda: calls.append(name) or seconds
+
+    times = interleaved({"a": variant("a", 1.0), "b": variant("b", 2.0), "c": variant("c", 3.0)}, repeats=3, warmup=1)
+    assert calls == list("abc" + "abc" + "cba" + "abc")  # warm-up, then A B C, C B A, A B C
+    assert times == {"a": [1.0] * 3, "b": [2.0] * 3, "c": [3.0] * 3}

@@ -225,13 +225,14 @@ def _train_steps(model: nn.Module, opt: torch.optim.Optimizer, enforcer: MaskEnf
     "make_opt",
     [
         lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True),
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01, fused=True),
         lambda p: torch.optim.Adam(p, lr=0.05, weight_decay=0.01),
         lambda p: torch.optim.Adam(p, lr=0.05, fused=True),
         lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.1),
         lambda p: torch.optim.RMSprop(p, lr=0.01, momentum=0.5),
         lambda p: torch.optim.Adagrad(p, lr=0.1, initial_accumulator_value=0.1),
     ],
-    ids=["sgd-nesterov-wd", "adam-l2", "adam-fused", "adamw", "rmsprop", "adagrad"],
+    ids=["sgd-nesterov-wd", "sgd-fused-wd", "adam-l2", "adam-fused", "adamw", "rmsprop", "adagrad"],
 )
 def test_element_wise_optimizers_keep_masked_weights_zero_without_a_weight_multiply(make_opt):
     model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))

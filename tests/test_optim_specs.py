@@ -1,5 +1,5 @@
-"""Optimizers and schedulers as specs (``_target_`` + arguments): any torch optimizer by config, fused Adam in the
-recipes, checkpoints that stay loadable with ``weights_only=True``; the node classifier's accuracy metric."""
+"""Optimizers and schedulers as specs (``_target_`` + arguments): any torch optimizer by config, fused Adam and SGD
+in the recipes, checkpoints that stay loadable with ``weights_only=True``; the node classifier's accuracy metric."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def test_the_model_keeps_the_spec_as_plain_data_so_checkpoints_load_safely():
     model = _model_from_config("optim=sgd", "model.warmup_steps=5", "model.milestones=[10]")
     spec = model.hparams["optimizer"]  # optim/sgd.yaml, with the recipe's (mnist_lenet300) learning rate
     assert spec == {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1.2e-3, "momentum": 0.9,
-                    "weight_decay": 1.0e-4, "nesterov": False}  # fmt: skip
+                    "weight_decay": 1.0e-4, "nesterov": False, "fused": True}  # fmt: skip
     buffer = io.BytesIO()
     torch.save({"hyper_parameters": dict(model.hparams)}, buffer)
     buffer.seek(0)
@@ -52,22 +52,32 @@ def test_the_model_keeps_the_spec_as_plain_data_so_checkpoints_load_safely():
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_recipes_with_adam_use_the_fused_implementation(recipe: str):
+def test_recipes_use_the_fused_implementation_of_their_optimizer(recipe: str):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[f"recipe={recipe}", "experiment=x", "paths.output_dir=."])
-    if cfg.optim._target_ in ("torch.optim.Adam", "torch.optim.AdamW"):
+    if cfg.optim._target_ in ("torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD"):
         assert cfg.optim.fused is True
     assert cfg.model.optimizer == cfg.optim  # the model trains with the optim group's spec
 
 
-def test_fused_adam_trains_like_stock_adam():
-    """Fused Adam (the recipes' choice) computes the same update as the stock (foreach) one, to float tolerance."""
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"_target_": "torch.optim.Adam", "lr": 1e-3},
+        {"_target_": "torch.optim.SGD", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4},
+        {"_target_": "torch.optim.SGD", "lr": 0.05, "momentum": 0.9, "nesterov": True},
+    ],
+    ids=["adam", "sgd-momentum-wd", "sgd-nesterov"],
+)
+def test_the_fused_optimizer_trains_like_the_stock_one(spec: dict):
+    """The fused implementation (the recipes' choice) computes the same updates as the stock (foreach) one, to
+    float tolerance."""
     data = torch.Generator().manual_seed(0)
     inputs, labels = torch.randn(8, 32, 1, 28, 28, generator=data), torch.randint(0, 10, (8, 32), generator=data)
     weights = []
     for fused in (False, True):
         torch.manual_seed(0)
-        model = ImageClassifier("lenet300", optimizer={"_target_": "torch.optim.Adam", "lr": 1e-3, "fused": fused})
+        model = ImageClassifier("lenet300", optimizer={**spec, "fused": fused})
         optimizer = model.configure_optimizers()
         for x, y in zip(inputs, labels):
             optimizer.zero_grad()
