@@ -1,23 +1,26 @@
 """Training-step cost of masks at 90% sparsity, relative to plain dense Lightning training with the same optimizer.
 
-Variants (same LightningModule, same in-memory batches, each one a full ``trainer.fit``):
+Variants (same LightningModule, same in-memory batches, each one ``trainer.fit`` in its own process):
   dense            no masks
   lottery          our LotteryTicketCallback enforcing 90%-sparse masks
   torch.prune      torch.nn.utils.prune forward pre-hooks at 90% (orig * mask on every forward)
   ModelPruning     Lightning's ModelPruning(use_lottery_ticket_hypothesis=True), 90% from the end of epoch 0
 Optimizers: SGD with momentum 0.9, stock (foreach) and fused (the recipes' choice), fused Adam (one kernel per step,
 the recipes' choice) and stock (foreach) Adam.
-Time = median epoch time over epochs 1.. (epoch 0 warms up; ModelPruning prunes at its end). The ratio is
-variant / dense within each repeat (variants interleaved), then the median over repeats, with a distribution-free
-95% confidence interval for that median (order statistics; it needs >= 6 repeats). Goal: lottery / dense
-<= 1.05 with SGD (stock and fused) and fused Adam on every model.
+
+The variants take turns (benchmarks/turns.py): each runs a chunk of a few optimizer steps (~50-600 ms) while the
+others wait, in a fixed cycle, so neighbouring chunks ran under the same conditions of this shared machine. The ratio
+is variant / dense chunk by chunk, then the median over chunks (epoch 0 skipped as warm-up), with a
+distribution-free 95% confidence interval for that median (order statistics). Goal: lottery / dense <= 1.05 with
+SGD (stock and fused) and fused Adam on every model.
 
 Stock Adam takes ``sqrt`` of its second moments every step, and those of masked weights are exactly zero (their
 gradients are zero, with our masks and with torch.nn.utils.prune alike); on some CPUs ``sqrt`` of exact zeros is
 many times slower. The "sqrt share" is the extra time that costs per step (sqrt of every prunable tensor at 90%
 zeros minus at positive values, measured here) as a fraction of the dense step.
 
-    python -m benchmarks mask_overhead [--models lenet300 conv2 resnet20] [--optimizers sgd adam_fused adam]
+    python -m benchmarks mask_overhead [--models lenet300 conv2 resnet20] [--optimizers sgd sgd_fused adam_fused adam]
+        [--epochs N (default: per model)]
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ import torch
 from lightning.pytorch.callbacks import ModelPruning
 from torch.nn.utils import prune
 
-from benchmarks.common import emit, interleaved, machine, paired_ratio_intervals, paired_ratios, table
+from benchmarks.common import emit, machine, paired_ratio_intervals, paired_ratios, table
+from benchmarks.turns import Turn, paired_laps, take_turns
 from lightning_lottery import LotteryTicketCallback
 from lightning_lottery.core import install_masks, select_prunable
 from lightning_lottery.modules.classifier import ImageClassifier
@@ -43,6 +47,9 @@ MODELS: dict[str, tuple[str, tuple[int, ...], int, int]] = {
     "conv2": ("conv2", (3, 32, 32), 60, 25),
     "resnet20": ("resnet20", (3, 32, 32), 128, 15),
 }
+# model -> (optimizer steps per turn, epochs): turns of ~50 ms (LeNet-300-100) to ~600 ms (ResNet-20) on 2 CPU cores,
+# a divisor of the epoch so that every epoch's end falls at a turn's end, and 45-115 turns per variant.
+TURNS: dict[str, tuple[int, int]] = {"lenet300": (50, 20), "conv2": (5, 12), "resnet20": (3, 10)}
 # Learning rates small enough that the weights stay near θ₀ over the few hundred timed steps. The batches are noise
 # with random labels, and at the recipes' rates the dense Conv-2 trained with Adam loses every ReLU of its second
 # convolution within ~50 steps; an all-zero activation max-pools 3x faster than a live one, so the dense baseline got
@@ -54,21 +61,21 @@ OPTIMIZERS: dict[str, dict[str, Any]] = {
     "adam": {"_target_": "torch.optim.Adam", "lr": 1e-5},  # stock: foreach
 }
 SPARSITY = 0.9
-EPOCHS = 4
 
 
-class EpochTimer(pl.Callback):
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._start = 0.0
+class Laps(pl.Callback):
+    """Hands the turn over every ``steps`` training batches (the chunk's time is recorded by ``turn``)."""
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start = time.perf_counter()
+    def __init__(self, turn: Turn, steps: int) -> None:
+        self.turn, self.steps, self.batches = turn, steps, 0
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.times.append(time.perf_counter() - self._start)
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.turn.begin()
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self.batches and self.batches % self.steps == 0:
+            self.turn.lap()
+        self.batches += 1
 
 
 class Batches:
@@ -97,12 +104,14 @@ def random_masks(model: torch.nn.Module, sparsity: float = SPARSITY) -> dict[str
     return {n: torch.rand(t.shape, generator=g) >= sparsity for n, t in select_prunable(model).items()}
 
 
-def _fit(name: str, optimizer: str, variant: str, batches: Batches, accelerator: str) -> float:
-    arch = MODELS[name][0]
+def fit_in_turns(turn: Turn, name: str, optimizer: str, variant: str, epochs: int) -> None:
+    """One variant's ``trainer.fit``, a turn of ``TURNS[name][0]`` steps at a time (run in its own process)."""
+    arch, shape, batch_size, steps = MODELS[name]
+    accelerator, device = ("gpu", "cuda") if torch.cuda.is_available() else ("cpu", "cpu")
+    batches = Batches(shape, batch_size, steps, device)
     torch.manual_seed(0)
     model = ImageClassifier(arch=arch, optimizer=dict(OPTIMIZERS[optimizer]), init="default")
-    timer = EpochTimer()
-    callbacks: list[pl.Callback] = [timer]
+    callbacks: list[pl.Callback] = [Laps(turn, TURNS[name][0])]
     if variant == "lottery":
         install_masks(select_prunable(model), random_masks(model))
         callbacks.append(LotteryTicketCallback(rounds=0, monitor=None, save_tickets=False, verbose=False))
@@ -125,7 +134,7 @@ def _fit(name: str, optimizer: str, variant: str, batches: Batches, accelerator:
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=1,
-        max_epochs=EPOCHS,
+        max_epochs=epochs,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -135,7 +144,7 @@ def _fit(name: str, optimizer: str, variant: str, batches: Batches, accelerator:
         callbacks=callbacks,
     )
     trainer.fit(model, batches)
-    return statistics.median(timer.times[1:])
+    turn.finish()
 
 
 def sqrt_of_zeros(shapes: list[tuple[int, ...]], repeats: int = 50) -> dict[str, float]:
@@ -160,30 +169,30 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per fit (default: TURNS, per model)")
     parser.add_argument("--variants", nargs="+", default=["dense", "lottery"])
     args = parser.parse_args(argv)
-    accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    device = "cuda" if accelerator == "gpu" else "cpu"
+    if args.epochs is not None and args.epochs < 2:
+        parser.error(f"--epochs must be >= 2 (epoch 0 is warm-up), got {args.epochs}")
+    variants = ["dense", *(v for v in args.variants if v != "dense")]
     rows: list[list[Any]] = []
     for name in args.models:
-        _, shape, batch_size, steps = MODELS[name]
-        batches = Batches(shape, batch_size, steps, device)
+        _, _, batch_size, steps = MODELS[name]
+        chunk, default_epochs = TURNS[name]
+        epochs = args.epochs or default_epochs
         shapes = [t.shape for t in select_prunable(ImageClassifier(arch=MODELS[name][0], init="default")).values()]
         for optimizer in args.optimizers:
-            runs = {
-                v: (lambda v=v, n=name, o=optimizer, b=batches: _fit(n, o, v, b, accelerator)) for v in args.variants
-            }
-            times = interleaved(runs, repeats=args.repeats, warmup=0)
+            laps = take_turns({v: (fit_in_turns, (name, optimizer, v, epochs)) for v in variants})
+            times = paired_laps(laps, skip=steps // chunk)  # epoch 0: warm-up (and ModelPruning's pruning)
             ratios = paired_ratios(times, "dense")
             intervals = paired_ratio_intervals(times, "dense")
-            dense_ms = 1000 * statistics.median(times["dense"]) / steps
+            dense_ms = 1000 * statistics.median(times["dense"]) / chunk
             share = None
-            if optimizer == "adam" and device == "cpu":
+            if optimizer == "adam" and not torch.cuda.is_available():
                 sqrt_us = sqrt_of_zeros(shapes)
                 share = (sqrt_us["90% zeros"] - sqrt_us["positive"]) / 1000 / dense_ms
             for variant, ts in times.items():
-                step_ms = 1000 * statistics.median(ts) / steps
+                step_ms = 1000 * statistics.median(ts) / chunk
                 emit(
                     {
                         "benchmark": "mask_overhead",
@@ -195,7 +204,9 @@ def main(argv: list[str] | None = None) -> None:
                         "ratio_to_dense": ratios[variant],
                         "ratio_ci95": intervals[variant],
                         "sqrt_share_of_dense_step": share if variant == "lottery" else None,
-                        "repeats": args.repeats,
+                        "pairs": len(ts),
+                        "steps_per_turn": chunk,
+                        "epochs": epochs,
                         "steps_per_epoch": steps,
                         "batch_size": batch_size,
                         **machine(),
@@ -204,11 +215,11 @@ def main(argv: list[str] | None = None) -> None:
                 sqrt_cell = f"{100 * share:.1f}%" if share is not None and variant == "lottery" else ""
                 low, high = intervals[variant]
                 ratio_cell = f"{ratios[variant]:.3f} [{low:.3f}, {high:.3f}]"
-                rows.append([name, optimizer, variant, f"{step_ms:.2f}", ratio_cell, sqrt_cell])
+                rows.append([name, optimizer, variant, f"{step_ms:.2f}", ratio_cell, len(ts), sqrt_cell])
     table(
-        f"training step at {SPARSITY:.0%} sparsity vs dense with the same optimizer (median of {args.repeats})",
+        f"training step at {SPARSITY:.0%} sparsity vs dense with the same optimizer (variants taking turns)",
         rows,
-        ["model", "optimizer", "variant", "ms/step", "ratio to dense [95% CI of the median]", "sqrt share"],
+        ["model", "optimizer", "variant", "ms/step", "ratio to dense [95% CI of the median]", "pairs", "sqrt share"],
     )
 
 
