@@ -9,10 +9,12 @@ Optimizers: SGD with momentum 0.9, stock (foreach) and fused (the recipes' choic
 the recipes' choice) and stock (foreach) Adam.
 
 The variants take turns (benchmarks/turns.py): each runs a chunk of a few optimizer steps (~50-600 ms) while the
-others wait, in a fixed cycle, so neighbouring chunks ran under the same conditions of this shared machine. The ratio
-is variant / dense chunk by chunk, then the median over chunks (epoch 0 skipped as warm-up), with a
-distribution-free 95% confidence interval for that median (order statistics). Goal: lottery / dense <= 1.05 with
-SGD (stock and fused) and fused Adam on every model.
+others wait, in a fixed cycle, so neighbouring chunks ran under the same conditions of this shared machine; a pair's
+ratio is the median over its chunks of variant / dense (epoch 0 skipped as warm-up). A process can also be slower
+than another for its whole life (where its memory landed), which no pairing of its chunks removes: so the variants
+run in ``--pairs`` fresh sets of processes, and the ratio reported is the median over those, with a
+distribution-free 95% confidence interval for that median (order statistics; with 6-8 pairs it is their range).
+Goal: lottery / dense <= 1.05 with SGD (stock and fused) and fused Adam on every model.
 
 Stock Adam takes ``sqrt`` of its second moments every step, and those of masked weights are exactly zero (their
 gradients are zero, with our masks and with torch.nn.utils.prune alike); on some CPUs ``sqrt`` of exact zeros is
@@ -20,7 +22,7 @@ many times slower. The "sqrt share" is the extra time that costs per step (sqrt 
 zeros minus at positive values, measured here) as a fraction of the dense step.
 
     python -m benchmarks mask_overhead [--models lenet300 conv2 resnet20] [--optimizers sgd sgd_fused adam_fused adam]
-        [--epochs N (default: per model)]
+        [--pairs 7] [--epochs N (default: per model)]
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import torch
 from lightning.pytorch.callbacks import ModelPruning
 from torch.nn.utils import prune
 
-from benchmarks.common import emit, machine, paired_ratio_intervals, paired_ratios, table
+from benchmarks.common import emit, machine, median_interval, paired_ratios, table
 from benchmarks.turns import Turn, paired_laps, take_turns
 from lightning_lottery import LotteryTicketCallback
 from lightning_lottery.core import install_masks, select_prunable
@@ -47,9 +49,9 @@ MODELS: dict[str, tuple[str, tuple[int, ...], int, int]] = {
     "conv2": ("conv2", (3, 32, 32), 60, 25),
     "resnet20": ("resnet20", (3, 32, 32), 128, 15),
 }
-# model -> (optimizer steps per turn, epochs): turns of ~50 ms (LeNet-300-100) to ~600 ms (ResNet-20) on 2 CPU cores,
-# a divisor of the epoch so that every epoch's end falls at a turn's end, and 45-115 turns per variant.
-TURNS: dict[str, tuple[int, int]] = {"lenet300": (50, 20), "conv2": (5, 12), "resnet20": (3, 10)}
+# model -> (optimizer steps per turn, epochs per fit): turns of ~50 ms (LeNet-300-100) to ~600 ms (ResNet-20) on 2 CPU
+# cores, a divisor of the epoch so that every epoch's end falls at a turn's end, and 15-30 timed turns per fit.
+TURNS: dict[str, tuple[int, int]] = {"lenet300": (50, 6), "conv2": (5, 4), "resnet20": (3, 4)}
 # Learning rates small enough that the weights stay near θ₀ over the few hundred timed steps. The batches are noise
 # with random labels, and at the recipes' rates the dense Conv-2 trained with Adam loses every ReLU of its second
 # convolution within ~50 steps; an all-zero activation max-pools 3x faster than a live one, so the dense baseline got
@@ -169,11 +171,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
+    parser.add_argument("--pairs", type=int, default=7, help="fresh sets of processes per model and optimizer")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per fit (default: TURNS, per model)")
     parser.add_argument("--variants", nargs="+", default=["dense", "lottery"])
     args = parser.parse_args(argv)
     if args.epochs is not None and args.epochs < 2:
         parser.error(f"--epochs must be >= 2 (epoch 0 is warm-up), got {args.epochs}")
+    if args.pairs < 1:
+        parser.error(f"--pairs must be >= 1, got {args.pairs}")
     variants = ["dense", *(v for v in args.variants if v != "dense")]
     rows: list[list[Any]] = []
     for name in args.models:
@@ -182,10 +187,17 @@ def main(argv: list[str] | None = None) -> None:
         epochs = args.epochs or default_epochs
         shapes = [t.shape for t in select_prunable(ImageClassifier(arch=MODELS[name][0], init="default")).values()]
         for optimizer in args.optimizers:
-            laps = take_turns({v: (fit_in_turns, (name, optimizer, v, epochs)) for v in variants})
-            times = paired_laps(laps, skip=steps // chunk)  # epoch 0: warm-up (and ModelPruning's pruning)
-            ratios = paired_ratios(times, "dense")
-            intervals = paired_ratio_intervals(times, "dense")
+            # per pair of processes: each variant's median chunk time, and its median chunk ratio to dense
+            times: dict[str, list[float]] = {v: [] for v in variants}
+            pair_ratios: dict[str, list[float]] = {v: [] for v in variants}
+            for _ in range(args.pairs):
+                laps = take_turns({v: (fit_in_turns, (name, optimizer, v, epochs)) for v in variants})
+                chunks = paired_laps(laps, skip=steps // chunk)  # epoch 0: warm-up (and ModelPruning's pruning)
+                for variant, ratio in paired_ratios(chunks, "dense").items():
+                    pair_ratios[variant].append(ratio)
+                    times[variant].append(statistics.median(chunks[variant]))
+            ratios = {v: statistics.median(r) for v, r in pair_ratios.items()}
+            intervals = {v: median_interval(r) for v, r in pair_ratios.items()}
             dense_ms = 1000 * statistics.median(times["dense"]) / chunk
             share = None
             if optimizer == "adam" and not torch.cuda.is_available():
@@ -204,7 +216,8 @@ def main(argv: list[str] | None = None) -> None:
                         "ratio_to_dense": ratios[variant],
                         "ratio_ci95": intervals[variant],
                         "sqrt_share_of_dense_step": share if variant == "lottery" else None,
-                        "pairs": len(ts),
+                        "pairs": args.pairs,
+                        "pair_ratios": pair_ratios[variant],
                         "steps_per_turn": chunk,
                         "epochs": epochs,
                         "steps_per_epoch": steps,
@@ -215,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
                 sqrt_cell = f"{100 * share:.1f}%" if share is not None and variant == "lottery" else ""
                 low, high = intervals[variant]
                 ratio_cell = f"{ratios[variant]:.3f} [{low:.3f}, {high:.3f}]"
-                rows.append([name, optimizer, variant, f"{step_ms:.2f}", ratio_cell, len(ts), sqrt_cell])
+                rows.append([name, optimizer, variant, f"{step_ms:.2f}", ratio_cell, args.pairs, sqrt_cell])
     table(
         f"training step at {SPARSITY:.0%} sparsity vs dense with the same optimizer (variants taking turns)",
         rows,

@@ -280,17 +280,12 @@ class MaskEnforcer:
         for hook in self._hooks:
             hook.masked_zero = False
 
-    @torch.no_grad()
     def mask_gradients(self) -> None:
         """Mask the gradients that backward's hooks have not masked, or that changed since they did."""
-        pairs = [
-            (p.grad, m)
-            for i, (p, m) in enumerate(zip(self._params, self._masks))
-            if p.grad is not None and not self._still_masked(i, p.grad)
-        ]
-        if pairs:
-            grads, masks = zip(*pairs)
-            torch._foreach_mul_(list(grads), list(masks))
+        stale = [i for i, p in enumerate(self._params) if p.grad is not None and not self._still_masked(i, p.grad)]
+        if stale:  # none in a single process: backward's hooks masked them all (no grad-mode switch then)
+            with torch.no_grad():
+                torch._foreach_mul_([self._params[i].grad for i in stale], [self._masks[i] for i in stale])
         self._grads_masked = True
 
     def _still_masked(self, index: int, grad: Tensor) -> bool:
