@@ -11,8 +11,8 @@ the recipes' choice) and stock (foreach) Adam.
 The variants take turns (benchmarks/turns.py): each runs a chunk of a few optimizer steps (~50-600 ms) while the
 others wait, in a fixed cycle, so neighbouring chunks ran under the same conditions of this shared machine; a pair's
 ratio is the median over its chunks of variant / dense (epoch 0 skipped as warm-up). A process can also be slower
-than another for its whole life (where its memory landed), which no pairing of its chunks removes: so the variants
-run in ``--pairs`` fresh sets of processes, and the ratio reported is the median over those, with a
+than another for its whole life (perhaps where its memory landed), which no pairing of its chunks removes: so the
+variants run in ``--pairs`` fresh sets of processes, and the ratio reported is the median over those, with a
 distribution-free 95% confidence interval for that median (order statistics; with 6-8 pairs it is their range).
 Goal: lottery / dense <= 1.05 with SGD (stock and fused) and fused Adam on every model.
 

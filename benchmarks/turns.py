@@ -88,10 +88,10 @@ def take_turns(
         process = context.Process(target=_child, args=(child, work, tuple(args)), daemon=True)
         process.start()
         conns[name], processes = parent, [*processes, process]
+    times: dict[str, list[float]] = {}
     try:
         for name in variants:
             _expect(name, conns[name].recv(), _READY)
-        times: dict[str, list[float]] = {}
         live = list(variants)
         while live:
             for name in list(live):
@@ -103,8 +103,8 @@ def take_turns(
                     live.remove(name)
         return {name: times[name] for name in variants}
     finally:
-        for process in processes:
-            process.join(timeout=60)
+        for process in processes:  # after a failure the others still wait for a turn: end them at once
+            process.join(timeout=60 if len(times) == len(variants) else 0)
             if process.is_alive():
                 process.kill()
 

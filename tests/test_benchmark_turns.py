@@ -42,9 +42,12 @@ def test_one_variant_runs_at_a_time_in_a_fixed_cycle_and_times_only_its_own_chun
     assert all(end <= next_start for (_, end, _), (next_start, _, _) in itertools.pairwise(runs))  # never overlapping
 
 
-def test_a_failing_variant_is_named() -> None:
+def test_a_failing_variant_is_named_and_the_others_are_ended(tmp_path: Path) -> None:
+    start = time.monotonic()
     with pytest.raises(RuntimeError, match="variant 'broken' failed: ValueError: bad variant"):
-        take_turns({"broken": (failing, ())})
+        take_turns({"broken": (failing, ()), "waiting": (stamped_chunks, (str(tmp_path / "w"), 3, 0.01))})
+    assert time.monotonic() - start < 30  # the waiting variant was not left to time out
+    assert not (tmp_path / "w").exists()
 
 
 def test_paired_laps_skip_warm_up_and_keep_the_cycles_both_ran() -> None:
