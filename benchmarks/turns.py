@@ -84,10 +84,9 @@ def take_turns(
     conns: dict[str, Connection] = {}
     processes = []
     for name, (work, args) in variants.items():
-        parent, child = context.Pipe()
-        process = context.Process(target=_child, args=(child, work, tuple(args)), daemon=True)
-        process.start()
-        conns[name], processes = parent, [*processes, process]
+        conns[name], child = context.Pipe()
+        processes.append(context.Process(target=_child, args=(child, work, tuple(args)), daemon=True))
+        processes[-1].start()
     times: dict[str, list[float]] = {}
     try:
         for name in variants:
