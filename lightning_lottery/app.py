@@ -241,6 +241,17 @@ def _fit(
         raise
 
 
+def _leave_out(cfg: DictConfig, keys: tuple[str, ...]) -> None:
+    """Delete the settings ``keys`` (``section.name``) from ``cfg`` (``model.optimizer`` usually is ``${optim}``:
+    its key goes with ``optim``'s)."""
+    for key in keys:
+        section, name = key.rsplit(".", 1)
+        node = OmegaConf.select(cfg, section)
+        if isinstance(node, DictConfig) and name in node:
+            with open_dict(node):
+                del node[name]
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the search described by ``cfg``; returns its history, where it wrote, and its report.
 
@@ -280,6 +291,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             return {"history": records, "output_dir": str(out), "report": None, "finished": True}
         if plan.checkpoint is not None:
             log.info("resuming %s from %s", out, plan.checkpoint)
+        if plan.left_out:
+            _leave_out(cfg, plan.left_out)
+            repeated = {"model.optimizer." + k.removeprefix("optim.") for k in plan.left_out if k.startswith("optim.")}
+            shown = [k for k in plan.left_out if k not in repeated]  # model.optimizer is ${optim}: say it once
+            print(f"[lottery] {out}: resuming as the run began, without {', '.join(shown)} (newer than the run)")
         pl.seed_everything(cfg.seed, workers=True)
         datamodule = _build(cfg, "data")
         try:

@@ -373,3 +373,57 @@ def test_a_setting_newer_than_the_run_is_no_difference_but_a_changed_or_emptied_
     ]
     recorded_null = {**recorded, "lottery": {**recorded["lottery"], "pruning_batches": None}}
     assert setting_differences(recorded_null, newer) == ["lottery.pruning_batches: the run has null, given 1"]
+
+
+def test_only_optimizer_and_trainer_arguments_newer_than_the_run_are_left_out_of_a_resume():
+    from lightning_lottery.cli.run_folder import arguments_the_run_lacks, setting_differences
+
+    sgd = {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9}
+    recorded = {
+        "optim": sgd,
+        "model": {"arch": "lenet300", "optimizer": sgd},
+        "trainer": {"max_steps": 4},
+        "lottery": {"amount": 0.2},
+    }
+    fused = {**sgd, "fused": True}
+    given = {
+        "optim": fused,
+        "model": {"arch": "lenet300", "optimizer": fused, "warmup_steps": 0},
+        "trainer": {"max_steps": 4, "gradient_clip_val": 1.0, "enable_progress_bar": False},
+        "lottery": {"amount": 0.2, "pruning_batches": 1},  # our own settings: new ones default to the old behaviour
+    }
+    lacking = ["model.optimizer.fused", "optim.fused", "trainer.gradient_clip_val"]
+    assert arguments_the_run_lacks(recorded, given) == lacking
+    assert setting_differences(recorded, given) == []  # and none of them refuses the resume
+    assert arguments_the_run_lacks(given, given) == []
+    assert arguments_the_run_lacks({"seed": 0}, given) == []  # no such section recorded: nothing to go by
+
+
+def _optimizer_groups(run_dir: Path) -> list[dict[str, Any]]:
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    return checkpoint["optimizer_states"][0]["param_groups"]
+
+
+@pytest.mark.parametrize("recorded_fused", [False, True], ids=["run-predates-fused", "run-has-fused"])
+def test_a_resume_builds_the_optimizer_as_the_run_did_when_a_recipe_default_came_later(
+    tmp_path: Path, recorded_fused: bool
+):
+    settings = [*TINY, "optim=sgd", "optim.lr=0.01", "data.num_train=300", "fast.max_steps=10"]
+    run_dir = tmp_path / "run"
+    interrupt = ["+callbacks.interrupt._target_=test_app_cli.StopAfterBatches", "+callbacks.interrupt.batches=7"]
+    with pytest.raises(RuntimeError, match="simulated crash"), pytest.MonkeyPatch.context() as patch:
+        started = [*settings, *interrupt, *([] if recorded_fused else ["~optim.fused"])]
+        patch.setattr(sys, "argv", ["lightning-lottery", *started, f"hydra.run.dir={run_dir}"])
+        patch.setenv("HYDRA_FULL_ERROR", "1")
+        main()
+    assert _optimizer_groups(run_dir)[0]["fused"] is (True if recorded_fused else None)
+    recorded = json.loads((run_dir / "run.json").read_text())["config"]["optim"]
+    assert ("fused" in recorded) is recorded_fused  # as a run started before the recipe set `fused` records it
+
+    code, out, err = _main(*settings, "ckpt_path=last", f"hydra.run.dir={run_dir}")
+    assert code == 0, err
+    history = json.loads((run_dir / "lottery" / "history.json").read_text())["history"]
+    assert [r["round"] for r in history] == [0, 1]
+    level_1 = _optimizer_groups(run_dir)[0]  # the optimizer built for level 1, after the resume
+    assert level_1["fused"] is (True if recorded_fused else None)
+    assert ("without optim.fused" in out) is not recorded_fused

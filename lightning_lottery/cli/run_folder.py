@@ -12,7 +12,9 @@ A search owns its run folder (``hydra.run.dir``) for as long as its process live
 * ``ckpt_path=<file>``: resume from that checkpoint.
 
 A resume is refused when the settings that define the search differ from the run's own (``run.json``), naming each
-difference; a search that has finished (``lottery/history.json``) is reported as such and left untouched. A refused
+difference; an optimizer or Trainer argument the run's record lacks (a recipe default added since) is left out, so
+the search goes on as it began; a search that has finished (``lottery/history.json``) is reported as such and left
+untouched. A refused
 command leaves the folder as it was: the run's records (``run.json``, ``.hydra/``) are written only by a new search
 that passed every check.
 """
@@ -33,7 +35,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_lottery.cli.errors import ConfigError, show
 
-__all__ = ["LOCK_NAME", "RUN_INFO", "SEARCH_SETTINGS", "Plan", "RunFolder", "checkpoint_problem", "search_finished"]
+__all__ = [
+    "ARGUMENT_SECTIONS",
+    "LOCK_NAME",
+    "RUN_INFO",
+    "SEARCH_SETTINGS",
+    "Plan",
+    "RunFolder",
+    "arguments_the_run_lacks",
+    "checkpoint_problem",
+    "search_finished",
+]
 
 LOCK_NAME = ".lock"
 RUN_INFO = "run.json"
@@ -48,6 +60,12 @@ FREE_SETTINGS = (
     "trainer.default_root_dir",
     "lottery.verbose",
 )
+
+# Sections that are one object's keyword arguments, with that library's defaults: the optimizer (`optim`, which the
+# model's `optimizer` repeats) and Lightning's Trainer. A key the run's record lacks was not passed when the run
+# began, so a resume leaves it out and builds the object as the run did: a recipe default added later
+# (`optim.fused: true`) must neither change how the search goes on nor refuse the resume.
+ARGUMENT_SECTIONS = ("optim", "model.optimizer", "trainer")
 
 # Model settings the app fills in from the data when the config leaves them unset.
 FILLED_BY_DATA = ("model.vocab_size", "model.arch_kwargs.num_classes", "model.arch_kwargs.in_channels")
@@ -114,10 +132,10 @@ def _search_settings(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _predates(recorded: Mapping[str, Any], key: str) -> bool:
-    """Whether ``key`` is a direct setting of a section (``lottery.pruning_batches``) that the run's record lacks
-    altogether: the setting is newer than the run. Keys inside a setting's own mapping (``layer_amounts``) are the
-    user's data and always compared."""
-    for section in SEARCH_SETTINGS:
+    """Whether ``key`` is a direct setting of a section (``lottery.pruning_batches``, ``model.optimizer.fused``) that
+    the run's record lacks altogether: the setting is newer than the run. Keys inside a setting's own mapping
+    (``layer_amounts``) are the user's data and always compared."""
+    for section in sorted({*SEARCH_SETTINGS, *ARGUMENT_SECTIONS}, key=len, reverse=True):  # model.optimizer first
         name = key.removeprefix(f"{section}.")
         if name != key and "." not in name:
             node: Any = recorded
@@ -144,12 +162,21 @@ def setting_differences(recorded: Mapping[str, Any], given: Mapping[str, Any]) -
     return differences
 
 
+def arguments_the_run_lacks(recorded: Mapping[str, Any], given: Mapping[str, Any]) -> list[str]:
+    """The keys of :data:`ARGUMENT_SECTIONS` given now that the run's record does not have at all (a resume leaves
+    them out; settings that may change freely are kept)."""
+    old, new = _search_settings(recorded), _search_settings(given)
+    sections = tuple(f"{section}." for section in ARGUMENT_SECTIONS)
+    return sorted(k for k in new if k.startswith(sections) and k not in old and _predates(recorded, k))
+
+
 @dataclass
 class Plan:
     """What the command does in its run folder."""
 
     checkpoint: Path | None  # resume from here; None: a new search
     finished: bool = False  # the search in the folder is complete: nothing to do
+    left_out: tuple[str, ...] = ()  # settings newer than the run, which the resume leaves out
 
 
 class RunFolder:
@@ -302,13 +329,13 @@ class RunFolder:
                 raise ConfigError(f"ckpt_path={ckpt}: {problem}; allowed: a complete Lightning checkpoint")
             if search_finished(self.lottery_dir):
                 return Plan(checkpoint=None, finished=True)
-        self._check_same_search(ckpt)
-        return Plan(checkpoint=checkpoint)
+        return Plan(checkpoint=checkpoint, left_out=self._check_same_search(ckpt))
 
-    def _check_same_search(self, ckpt: str) -> None:
+    def _check_same_search(self, ckpt: str) -> tuple[str, ...]:
+        """Refuse other search settings; returns the arguments newer than the run (:func:`arguments_the_run_lacks`)."""
         recorded = self.recorded_config()
         if recorded is None:
-            return
+            return ()
         given = OmegaConf.to_container(self.cfg, resolve=True)
         assert isinstance(given, dict)
         differences = setting_differences(recorded, given)
@@ -318,3 +345,4 @@ class RunFolder:
                 + "; ".join(differences)
                 + "; allowed: the run's settings (a resume continues the same search), or a new hydra.run.dir"
             )
+        return tuple(arguments_the_run_lacks(recorded, given))
