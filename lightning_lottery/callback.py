@@ -866,9 +866,12 @@ class LotteryTicketCallback(Callback):
         self._release(trainer)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        """Store dense weights: the checkpoint loads into a fresh, unpruned model (masks live in our state). Also
-        the metrics callbacks see now, which Lightning does not checkpoint: a resumed run sees them too."""
+        """Store dense weights: the checkpoint loads into a fresh, unpruned model (masks live in our state), and
+        the optimizer state as training without the enforcer has it. Also the metrics callbacks see now, which
+        Lightning does not checkpoint: a resumed run sees them too."""
         checkpoint[_CALLBACK_METRICS] = {k: v.detach().cpu() for k, v in trainer.callback_metrics.items()}
+        if self._enforcer is not None and "optimizer_states" in checkpoint:
+            self._enforcer.stock_optimizer_states(trainer.optimizers, checkpoint["optimizer_states"])
         state = checkpoint.get("state_dict")
         if state is None:
             return

@@ -154,3 +154,15 @@ def test_a_sigkilled_search_rewinding_to_init_resumes_to_the_uninterrupted_one(
     assert _history(run_dir) == _history(uninterrupted_to_init)
     assert _tickets(run_dir) == _tickets(uninterrupted_to_init)
     assert _curves(run_dir) == _curves(uninterrupted_to_init)
+
+
+def test_a_sigkilled_search_with_stock_adam_resumes_to_the_uninterrupted_one(tmp_path_factory, tmp_path: Path):
+    # Stock Adam's masked second moments hold 1 while the enforcer runs and 0 in checkpoints: the resumed run
+    # starts from the zeros and must still train the same weights.
+    search = [*SEARCH_TO_INIT, "~optim.fused"]
+    uninterrupted = _uninterrupted(tmp_path_factory, search)
+    run_dir = tmp_path / "run"
+    _kill_and_resume(run_dir, search, 2, "ticket", 17, "step")
+    assert _history(run_dir) == _history(uninterrupted)
+    assert _tickets(run_dir) == _tickets(uninterrupted)
+    assert _curves(run_dir) == _curves(uninterrupted)

@@ -319,3 +319,28 @@ def test_a_checkpoint_of_the_previous_state_layout_resumes_to_the_same_search(tm
     for ours, theirs in zip(resumed.history, whole.history):
         assert ours["metrics"] == pytest.approx(theirs["metrics"], rel=1e-5)
     assert all(torch.equal(resumed.masks[n], whole.masks[n]) for n in whole.masks)
+
+
+def test_a_checkpoint_mid_search_holds_stock_adams_state_as_prune_training_has_it(tmp_path: Path):
+    class SaveInRoundOne(pl.Callback):
+        def __init__(self, lottery: LotteryTicketCallback) -> None:
+            self.lottery, self.live = lottery, None
+
+        def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
+            if self.lottery.round == 1 and self.live is None:
+                opt = trainer.optimizers[0]
+                self.index = [id(p) for p in opt.param_groups[0]["params"]].index(id(pl_module.fc1.weight_orig))
+                masked = pl_module.fc1.weight_mask == 0
+                self.masked = masked.clone()
+                state = opt.state[pl_module.fc1.weight_orig]["exp_avg_sq"]
+                self.live, self.kept = state[masked].clone(), state[~masked].clone()
+                trainer.save_checkpoint(tmp_path / "mid.ckpt")
+
+    lottery = LotteryTicketCallback(rounds=1, amount=0.5, monitor=None, save_tickets=False)
+    saver = SaveInRoundOne(lottery)
+    train, val = loaders()
+    trainer(max_epochs=1, callbacks=[lottery, saver]).fit(TinyNet(optimizer="adam"), train, val)
+    assert saver.live is not None and bool((saver.live > 0).all()), "while training: no zeros to take sqrt of"
+    saved = torch.load(tmp_path / "mid.ckpt", weights_only=True)["optimizer_states"][0]["state"][saver.index]
+    assert bool((saved["exp_avg_sq"][saver.masked] == 0).all()), "in the checkpoint: zeros, as prune training has"
+    assert torch.equal(saved["exp_avg_sq"][~saver.masked], saver.kept)

@@ -306,3 +306,77 @@ def test_without_backward_hooks_mask_gradients_masks_every_gradient():
     assert not _masked_grads_are_zero(model), "backward leaves the gradients alone"
     enforcer.mask_gradients()
     assert _masked_grads_are_zero(model)
+
+
+STOCK_ROOTED = {
+    "adam-l2-amsgrad": lambda p: torch.optim.Adam(p, lr=0.05, weight_decay=0.01, amsgrad=True),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.1),
+    "adam-foreach-maximize": lambda p: torch.optim.Adam(p, lr=0.05, foreach=True, maximize=True),
+    "nadam": lambda p: torch.optim.NAdam(p, lr=0.05),
+    "radam": lambda p: torch.optim.RAdam(p, lr=0.05),
+    "rmsprop-centered": lambda p: torch.optim.RMSprop(p, lr=0.01, momentum=0.5, centered=True),
+    "adagrad": lambda p: torch.optim.Adagrad(p, lr=0.1),
+}
+
+
+def _masked_training(make_opt, enforced: bool, steps: int):
+    """Masked training of a tiny MLP: with an enforcer (checks every 100 steps), or torch.nn.utils.prune's way (the
+    forward multiplies by the mask, autograd masks the gradient)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
+    install_masks(select_prunable(model), _half_masks(model))
+    opt = make_opt(model.parameters())
+    enforcer = MaskEnforcer(model).attach([opt]) if enforced else None
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x, y = torch.randn(16, 6, generator=g), torch.randint(0, 2, (16,), generator=g)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        if enforcer is not None:
+            enforcer.mask_gradients()
+        opt.step()
+    return model, opt, enforcer
+
+
+def _rooted_entries(model: nn.Module, opt: torch.optim.Optimizer, masked: bool) -> list[torch.Tensor]:
+    keys = ("exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum")
+    out = []
+    for i in (0, 2):
+        state = opt.state[model[i].weight_orig]
+        where = model[i].weight_mask == 0 if masked else model[i].weight_mask == 1
+        out += [state[k][where] for k in keys if k in state]
+    return out
+
+
+@pytest.mark.parametrize("name", list(STOCK_ROOTED))
+def test_stock_optimizers_square_root_no_zeros_yet_train_and_leave_state_bit_for_bit_as_prune_does(name):
+    make_opt = STOCK_ROOTED[name]
+    reference, ref_opt, _ = _masked_training(make_opt, enforced=False, steps=250)
+    model, opt, enforcer = _masked_training(make_opt, enforced=True, steps=250)
+    assert _rooted_entries(reference, ref_opt, masked=True), "the reference has the state entries checked"
+    assert all(bool((e == 0).all()) for e in _rooted_entries(reference, ref_opt, masked=True))
+    # While attached, the masked weights' square-rooted state is a normal positive number (refreshed every 100
+    # steps: 250 steps of decay would take RMSprop's 0.99 down to 0.08 without it).
+    assert all(bool((e > 0.3).all()) for e in _rooted_entries(model, opt, masked=True))
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        assert torch.equal(ours, theirs), "the same weights, bit for bit"
+
+    checkpoint = opt.state_dict()
+    enforcer.stock_optimizer_states([opt], [checkpoint])
+    assert all(bool((e > 0.3).all()) for e in _rooted_entries(model, opt, masked=True)), "live state untouched"
+    expected = ref_opt.state_dict()["state"]
+    for index, state in checkpoint["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, expected[index][key]), f"checkpoint: {key} of parameter {index}"
+
+    enforcer.detach()
+    for ours, theirs in zip(opt.state.values(), ref_opt.state.values()):
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs), "after detach: the state prune training has"
+
+
+def test_fused_optimizers_and_other_state_are_left_alone():
+    fused = lambda p: torch.optim.Adam(p, lr=0.05, fused=True)  # noqa: E731 - fused Adam has no slow square root
+    model, opt, _ = _masked_training(fused, enforced=True, steps=3)
+    assert all(bool((e == 0).all()) for e in _rooted_entries(model, opt, masked=True)), "left as training leaves it"
+    _, _, enforcer = _masked_training(lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), True, steps=3)
+    assert not enforcer._rooted
