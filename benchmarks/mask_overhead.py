@@ -18,8 +18,9 @@ Goal: lottery / dense <= 1.05 with SGD (stock and fused) and fused Adam on every
 
 Stock Adam takes ``sqrt`` of its second moments every step, and those of masked weights are exactly zero (their
 gradients are zero, with our masks and with torch.nn.utils.prune alike); on some CPUs ``sqrt`` of exact zeros is
-many times slower. The "sqrt share" is the extra time that costs per step (sqrt of every prunable tensor at 90%
-zeros minus at positive values, measured here) as a fraction of the dense step.
+many times slower. The "sqrt share" is the extra time that would cost per step (sqrt of every prunable tensor at 90%
+zeros minus at positive values, measured here) as a fraction of the dense step; the callback's enforcer avoids it
+(those moments hold 1 while it trains: ``ROOTED_STATE`` in ``lightning_lottery.core.reparam``).
 
     python -m benchmarks mask_overhead [--models lenet300 conv2 resnet20] [--optimizers sgd sgd_fused adam_fused adam]
         [--pairs 7] [--epochs N (default: per model)]
