@@ -14,9 +14,8 @@ A search owns its run folder (``hydra.run.dir``) for as long as its process live
 A resume is refused when the settings that define the search differ from the run's own (``run.json``), naming each
 difference; an optimizer or Trainer argument the run's record lacks (a recipe default added since) is left out, so
 the search goes on as it began; a search that has finished (``lottery/history.json``) is reported as such and left
-untouched. A refused
-command leaves the folder as it was: the run's records (``run.json``, ``.hydra/``) are written only by a new search
-that passed every check.
+untouched. A refused command leaves the folder as it was: the run's records (``run.json``, ``.hydra/``) are written
+only by a new search that passed every check.
 """
 
 from __future__ import annotations
