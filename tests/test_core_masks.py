@@ -374,6 +374,17 @@ def test_stock_optimizers_square_root_no_zeros_yet_train_and_leave_state_bit_for
         assert all(torch.equal(ours[k], theirs[k]) for k in theirs), "after detach: the state prune training has"
 
 
+def test_adagrad_starting_above_zero_keeps_its_masked_state_as_prune_training_does():
+    make_opt = lambda p: torch.optim.Adagrad(p, lr=0.1, initial_accumulator_value=0.1)  # noqa: E731
+    _, ref_opt, _ = _masked_training(make_opt, enforced=False, steps=5)
+    _, opt, enforcer = _masked_training(make_opt, enforced=True, steps=5)
+    checkpoint = opt.state_dict()
+    enforcer.stock_optimizer_states([opt], [checkpoint])
+    enforcer.detach()
+    for ours, saved, theirs in zip(opt.state.values(), checkpoint["state"].values(), ref_opt.state.values()):
+        assert torch.equal(ours["sum"], theirs["sum"]) and torch.equal(saved["sum"], theirs["sum"])
+
+
 def test_fused_optimizers_and_other_state_are_left_alone():
     fused = lambda p: torch.optim.Adam(p, lr=0.05, fused=True)  # noqa: E731 - fused Adam has no slow square root
     model, opt, _ = _masked_training(fused, enforced=True, steps=3)

@@ -222,8 +222,10 @@ class _RootedState:
         self.sites: list[tuple[Tensor, int, Tensor]] = []  # (param, its index in state_dict(), masked positions)
         index = 0
         for group in optimizer.param_groups:
+            # fused kernels have no slow root; Adagrad's sum may start above zero (then stays there where masked)
+            zero = not group.get("fused") and not group.get("initial_accumulator_value")
             for p in group["params"]:
-                if id(p) in mine and not group.get("fused") and p.device.type == "cpu":
+                if id(p) in mine and zero and p.device.type == "cpu":
                     self.sites.append((p, index, mine[id(p)] == 0))
                 index += 1
         self.steps = 0
