@@ -100,6 +100,22 @@ def paired_ratio_intervals(
     return {name: median_interval(r, level) for name, r in _per_repeat_ratios(times, baseline).items()}
 
 
+def rotated(names: list[str], index: int) -> list[str]:
+    """``names`` rotated left by ``index``: over ``len(names)`` consecutive runs every name takes every position."""
+    shift = index % len(names)
+    return names[shift:] + names[:shift]
+
+
+def balanced_ratios(ratios: list[float], group: int) -> list[float]:
+    """Geometric means of consecutive groups of ``group`` ratios (runs whose start order was rotated through every
+    position, :func:`rotated`): a factor that depends on the position alone cancels within a group. A last,
+    incomplete group is dropped."""
+    if group < 1:
+        raise ValueError(f"group must be >= 1, got {group}")
+    full = len(ratios) - len(ratios) % group
+    return [math.prod(ratios[i : i + group]) ** (1 / group) for i in range(0, full, group)]
+
+
 def table(title: str, rows: list[list[Any]], header: list[str]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731

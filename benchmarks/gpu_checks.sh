@@ -13,7 +13,7 @@
 set -uo pipefail
 
 OUT=${1:?usage: benchmarks/gpu_checks.sh OUT}
-PAIRS=${PAIRS:-3}
+PAIRS=${PAIRS:-4} # fresh pairs of processes per row: 2 balanced groups (start order rotated)
 mkdir -p "$OUT"
 if compgen -G "runs/wheels/*.whl" > /dev/null; then
     python -m pip install --quiet --no-index --no-deps runs/wheels/*.whl || echo "wheels: install failed" >> "$OUT/gpu.txt"
@@ -35,6 +35,6 @@ bench() { # NAME SECONDS ARGS...: one benchmark, its JSON lines and table kept e
     fi
 }
 
-bench mask_overhead 300 mask_overhead --models conv2 resnet20 --optimizers sgd_fused adam_fused --pairs "$PAIRS"
-bench prune_round 150 prune_round --device cuda --repeats 3
+bench mask_overhead 330 mask_overhead --models conv2 resnet20 --optimizers sgd_fused adam_fused --pairs "$PAIRS"
+bench prune_round 120 prune_round --device cuda --repeats 3
 cat "$OUT/gpu.txt"

@@ -12,8 +12,13 @@ The variants take turns (benchmarks/turns.py): each runs a chunk of a few optimi
 others wait, in a fixed cycle, so neighbouring chunks ran under the same conditions of this shared machine; a pair's
 ratio is the median over its chunks of variant / dense (epoch 0 skipped as warm-up). A process can also be slower
 than another for its whole life (perhaps where its memory landed), which no pairing of its chunks removes: so the
-variants run in ``--pairs`` fresh sets of processes, and the ratio reported is the median over those, with a
-distribution-free 95% confidence interval for that median (order statistics; with 6-8 pairs it is their range).
+variants run in ``--pairs`` fresh sets of processes. Which process starts first matters too: of two identical dense
+processes on Conv-2 the one started second read 1.12x the first (median of 10 pairs, 9 of them above 1). So the start
+order rotates from one set to the next (every variant takes every position equally often), each run of
+len(variants) consecutive sets is one balanced group whose ratio is the geometric mean of its sets' ratios (a factor
+of the position alone cancels there), and the ratio reported is the median over the groups, with a distribution-free
+95% confidence interval for that median (order statistics; with 6-8 groups it is their range). ``--variants
+dense_again`` runs a second dense process: the method's own A/A check, which should read 1.
 Goal: lottery / dense <= 1.05 with SGD (stock and fused) and fused Adam on every model.
 
 Stock Adam takes ``sqrt`` of its second moments every step, and those of masked weights are exactly zero (their
@@ -23,7 +28,7 @@ zeros minus at positive values, measured here) as a fraction of the dense step; 
 (those moments hold 1 while it trains: ``ROOTED_STATE`` in ``lightning_lottery.core.reparam``).
 
     python -m benchmarks mask_overhead [--models lenet300 conv2 resnet20] [--optimizers sgd sgd_fused adam_fused adam]
-        [--pairs 7] [--epochs N (default: per model)]
+        [--pairs 12] [--epochs N (default: per model)] [--variants dense lottery torch.prune ModelPruning dense_again]
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import torch
 from lightning.pytorch.callbacks import ModelPruning
 from torch.nn.utils import prune
 
-from benchmarks.common import emit, machine, median_interval, paired_ratios, table
+from benchmarks.common import balanced_ratios, emit, machine, median_interval, paired_ratios, rotated, table
 from benchmarks.turns import Turn, paired_laps, take_turns
 from lightning_lottery import LotteryTicketCallback
 from lightning_lottery.core import install_masks, select_prunable
@@ -64,6 +69,7 @@ OPTIMIZERS: dict[str, dict[str, Any]] = {
     "adam": {"_target_": "torch.optim.Adam", "lr": 1e-5},  # stock: foreach
 }
 SPARSITY = 0.9
+VARIANTS = ("dense", "lottery", "torch.prune", "ModelPruning", "dense_again")  # dense_again: the A/A check
 
 
 class Laps(pl.Callback):
@@ -172,15 +178,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
-    parser.add_argument("--pairs", type=int, default=7, help="fresh sets of processes per model and optimizer")
+    parser.add_argument(
+        "--pairs", type=int, default=12, help="fresh sets of processes per model and optimizer (a multiple of variants)"
+    )
     parser.add_argument("--epochs", type=int, default=None, help="epochs per fit (default: TURNS, per model)")
-    parser.add_argument("--variants", nargs="+", default=["dense", "lottery"])
+    parser.add_argument("--variants", nargs="+", default=["dense", "lottery"], choices=VARIANTS)
     args = parser.parse_args(argv)
     if args.epochs is not None and args.epochs < 2:
         parser.error(f"--epochs must be >= 2 (epoch 0 is warm-up), got {args.epochs}")
-    if args.pairs < 1:
-        parser.error(f"--pairs must be >= 1, got {args.pairs}")
-    variants = ["dense", *(v for v in args.variants if v != "dense")]
+    variants = ["dense", *dict.fromkeys(v for v in args.variants if v != "dense")]
+    if args.pairs < len(variants) or args.pairs % len(variants):
+        parser.error(
+            f"--pairs must be a positive multiple of the {len(variants)} variants (each start order equally often), "
+            f"got {args.pairs}"
+        )
     rows: list[list[Any]] = []
     for name in args.models:
         _, _, batch_size, steps = MODELS[name]
@@ -191,14 +202,16 @@ def main(argv: list[str] | None = None) -> None:
             # per pair of processes: each variant's median chunk time, and its median chunk ratio to dense
             times: dict[str, list[float]] = {v: [] for v in variants}
             pair_ratios: dict[str, list[float]] = {v: [] for v in variants}
-            for _ in range(args.pairs):
-                laps = take_turns({v: (fit_in_turns, (name, optimizer, v, epochs)) for v in variants})
+            for index in range(args.pairs):
+                order = rotated(variants, index)
+                laps = take_turns({v: (fit_in_turns, (name, optimizer, v, epochs)) for v in order})
                 chunks = paired_laps(laps, skip=steps // chunk)  # epoch 0: warm-up (and ModelPruning's pruning)
                 for variant, ratio in paired_ratios(chunks, "dense").items():
                     pair_ratios[variant].append(ratio)
                     times[variant].append(statistics.median(chunks[variant]))
-            ratios = {v: statistics.median(r) for v, r in pair_ratios.items()}
-            intervals = {v: median_interval(r) for v, r in pair_ratios.items()}
+            groups = {v: balanced_ratios(r, len(variants)) for v, r in pair_ratios.items()}
+            ratios = {v: statistics.median(g) for v, g in groups.items()}
+            intervals = {v: median_interval(g) for v, g in groups.items()}
             dense_ms = 1000 * statistics.median(times["dense"]) / chunk
             share = None
             if optimizer == "adam" and not torch.cuda.is_available():
@@ -218,7 +231,8 @@ def main(argv: list[str] | None = None) -> None:
                         "ratio_ci95": intervals[variant],
                         "sqrt_share_of_dense_step": share if variant == "lottery" else None,
                         "pairs": args.pairs,
-                        "pair_ratios": pair_ratios[variant],
+                        "pair_ratios": pair_ratios[variant],  # in run order; the start order rotates
+                        "balanced_ratios": groups[variant],
                         "steps_per_turn": chunk,
                         "epochs": epochs,
                         "steps_per_epoch": steps,
@@ -229,11 +243,11 @@ def main(argv: list[str] | None = None) -> None:
                 sqrt_cell = f"{100 * share:.1f}%" if share is not None and variant == "lottery" else ""
                 low, high = intervals[variant]
                 ratio_cell = f"{ratios[variant]:.3f} [{low:.3f}, {high:.3f}]"
-                rows.append([name, optimizer, variant, f"{step_ms:.2f}", ratio_cell, args.pairs, sqrt_cell])
+                rows.append([name, optimizer, variant, f"{step_ms:.2f}", ratio_cell, len(groups[variant]), sqrt_cell])
     table(
         f"training step at {SPARSITY:.0%} sparsity vs dense with the same optimizer (variants taking turns)",
         rows,
-        ["model", "optimizer", "variant", "ms/step", "ratio to dense [95% CI of the median]", "pairs", "sqrt share"],
+        ["model", "optimizer", "variant", "ms/step", "ratio to dense [95% CI of the median]", "groups", "sqrt share"],
     )
 
 

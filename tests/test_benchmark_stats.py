@@ -56,3 +56,22 @@ def test_interleaved_runs_alternate_their_order_and_keep_each_variants_times_apa
     times = interleaved({"a": variant("a", 1.0), "b": variant("b", 2.0), "c": variant("c", 3.0)}, repeats=3, warmup=1)
     assert calls == list("abc" + "abc" + "cba" + "abc")  # warm-up, then A B C, C B A, A B C
     assert times == {"a": [1.0] * 3, "b": [2.0] * 3, "c": [3.0] * 3}
+
+
+def test_rotated_start_orders_put_every_variant_in_every_position() -> None:
+    from benchmarks.common import rotated
+
+    orders = [rotated(["dense", "lottery", "prune"], i) for i in range(3)]
+    assert orders == [["dense", "lottery", "prune"], ["lottery", "prune", "dense"], ["prune", "dense", "lottery"]]
+    assert all(sorted(column) == ["dense", "lottery", "prune"] for column in zip(*orders))
+
+
+def test_balanced_ratios_cancel_a_factor_of_the_start_position() -> None:
+    from benchmarks.common import balanced_ratios
+
+    true, bias = 1.03, 1.12  # the variant started second runs 12% slower, whatever it is
+    ratios = [true * bias, true / bias] * 3 + [true * bias]  # the last pair has no partner: dropped
+    assert balanced_ratios(ratios, 2) == pytest.approx([true] * 3)
+    assert balanced_ratios([1.0, 4.0, 2.0], 1) == [1.0, 4.0, 2.0]
+    with pytest.raises(ValueError, match="group"):
+        balanced_ratios([1.0], 0)
