@@ -7,6 +7,7 @@ import sys
 
 BENCHMARKS = (
     "mask_overhead",
+    "mask_overhead_in_process",
     "optimizer_step",
     "prune_round",
     "end_to_end",

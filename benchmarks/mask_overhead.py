@@ -113,14 +113,14 @@ def random_masks(model: torch.nn.Module, sparsity: float = SPARSITY) -> dict[str
     return {n: torch.rand(t.shape, generator=g) >= sparsity for n, t in select_prunable(model).items()}
 
 
-def fit_in_turns(turn: Turn, name: str, optimizer: str, variant: str, epochs: int) -> None:
-    """One variant's ``trainer.fit``, a turn of ``TURNS[name][0]`` steps at a time (run in its own process)."""
+def fit_variant(name: str, optimizer: str, variant: str, epochs: int, callbacks: list[pl.Callback]) -> None:
+    """One variant's ``trainer.fit`` of model ``name`` on in-memory batches, with ``callbacks`` (the timing)."""
     arch, shape, batch_size, steps = MODELS[name]
     accelerator, device = ("gpu", "cuda") if torch.cuda.is_available() else ("cpu", "cpu")
     batches = Batches(shape, batch_size, steps, device)
     torch.manual_seed(0)
     model = ImageClassifier(arch=arch, optimizer=dict(OPTIMIZERS[optimizer]), init="default")
-    callbacks: list[pl.Callback] = [Laps(turn, TURNS[name][0])]
+    callbacks = list(callbacks)
     if variant == "lottery":
         install_masks(select_prunable(model), random_masks(model))
         callbacks.append(LotteryTicketCallback(rounds=0, monitor=None, save_tickets=False, verbose=False))
@@ -153,6 +153,11 @@ def fit_in_turns(turn: Turn, name: str, optimizer: str, variant: str, epochs: in
         callbacks=callbacks,
     )
     trainer.fit(model, batches)
+
+
+def fit_in_turns(turn: Turn, name: str, optimizer: str, variant: str, epochs: int) -> None:
+    """One variant's fit, a turn of ``TURNS[name][0]`` steps at a time (run in its own process)."""
+    fit_variant(name, optimizer, variant, epochs, [Laps(turn, TURNS[name][0])])
     turn.finish()
 
 

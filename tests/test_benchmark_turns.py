@@ -54,3 +54,13 @@ def test_paired_laps_skip_warm_up_and_keep_the_cycles_both_ran() -> None:
     assert paired_laps({"a": [9.0, 1.0, 2.0, 3.0], "b": [9.0, 2.0, 4.0]}, skip=1) == {"a": [1.0, 2.0], "b": [2.0, 4.0]}
     with pytest.raises(ValueError, match="only 2 chunks per variant; 2 are skipped"):
         paired_laps({"a": [1.0, 2.0]}, skip=2)
+
+
+def test_the_in_process_clock_times_every_step_after_epoch_0() -> None:
+    from benchmarks.mask_overhead import MODELS, fit_variant
+    from benchmarks.mask_overhead_in_process import StepClock
+
+    clock = StepClock()
+    fit_variant("lenet300", "sgd", "lottery", 2, [clock])
+    assert len(clock.times) == MODELS["lenet300"][3]  # epoch 1's batches, each timed from the batch before it
+    assert all(t > 0 for t in clock.times)
