@@ -12,9 +12,9 @@ The variants take turns (benchmarks/turns.py): each runs a chunk of a few optimi
 others wait, in a fixed cycle, so neighbouring chunks ran under the same conditions of this shared machine; a pair's
 ratio is the median over its chunks of variant / dense (epoch 0 skipped as warm-up). A process can also be slower
 than another for its whole life (perhaps where its memory landed), which no pairing of its chunks removes: so the
-variants run in ``--pairs`` fresh sets of processes. Which process starts first matters too: of two identical dense
-processes on Conv-2 the one started second read 1.12x the first (median of 10 pairs, 9 of them above 1). So the start
-order rotates from one set to the next (every variant takes every position equally often), each run of
+variants run in ``--pairs`` fresh sets of processes. Which process starts first may matter too: of two identical
+dense processes on Conv-2 the one started second read 1.12x the first (median of 10 pairs, 9 of them above 1; a
+rotated rerun did not show it). So the start order rotates from one set to the next (every variant takes every position equally often), each run of
 len(variants) consecutive sets is one balanced group whose ratio is the geometric mean of its sets' ratios (a factor
 of the position alone cancels there), and the ratio reported is the median over the groups, with a distribution-free
 95% confidence interval for that median (order statistics; with 6-8 groups it is their range). ``--variants
