@@ -14,11 +14,12 @@ ratio is the median over its chunks of variant / dense (epoch 0 skipped as warm-
 than another for its whole life (perhaps where its memory landed), which no pairing of its chunks removes: so the
 variants run in ``--pairs`` fresh sets of processes. Which process starts first may matter too: of two identical
 dense processes on Conv-2 the one started second read 1.12x the first (median of 10 pairs, 9 of them above 1; a
-rotated rerun did not show it). So the start order rotates from one set to the next (every variant takes every position equally often), each run of
-len(variants) consecutive sets is one balanced group whose ratio is the geometric mean of its sets' ratios (a factor
-of the position alone cancels there), and the ratio reported is the median over the groups, with a distribution-free
-95% confidence interval for that median (order statistics; with 6-8 groups it is their range). ``--variants
-dense_again`` runs a second dense process: the method's own A/A check, which should read 1.
+rotated rerun did not show it). So the start order rotates from one set to the next (every variant takes every
+position equally often), each run of len(variants) consecutive sets is one balanced group whose ratio is the
+geometric mean of its sets' ratios (a factor of the position alone cancels there), and the ratio reported is the
+median over the groups, with a distribution-free 95% confidence interval for that median (order statistics; with
+6-8 groups it is their range). ``--variants dense_again`` runs a second dense process: the method's own A/A check,
+which should read 1.
 Goal: lottery / dense <= 1.05 with SGD (stock and fused) and fused Adam on every model.
 
 Stock Adam takes ``sqrt`` of its second moments every step, and those of masked weights are exactly zero (their
