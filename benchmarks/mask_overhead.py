@@ -5,6 +5,7 @@ Variants (same LightningModule, same in-memory batches, each one ``trainer.fit``
   lottery          our LotteryTicketCallback enforcing 90%-sparse masks
   torch.prune      torch.nn.utils.prune forward pre-hooks at 90% (orig * mask on every forward)
   ModelPruning     Lightning's ModelPruning(use_lottery_ticket_hypothesis=True), 90% from the end of epoch 0
+  dense_again      a second dense process: the A/A check of the method
 Optimizers: SGD with momentum 0.9, stock (foreach) and fused (the recipes' choice), fused Adam (one kernel per step,
 the recipes' choice) and stock (foreach) Adam.
 
